@@ -1,0 +1,125 @@
+"""The engine's pieces that need no model: schedules, gradient accumulation, fp16 loss scaling, data order."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, strategies as st
+
+from train import optim
+from train.batches import step_rows
+from train.mesh import fsdp_spec, parse_mesh
+from train.state import LossScale, TrainState
+from train.step import make_train_step
+
+
+def test_sft_schedule_matches_reference_formula():
+    lr, S = 5e-4, 100
+    sched = optim.sft_schedule(lr, S)
+    for s in (0, 1, 37, 99, 100):
+        assert float(sched(s)) == pytest.approx(lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (s + 1 - 1) / S))), rel=1e-6)
+    assert float(sched(0)) == pytest.approx(lr)
+    assert float(sched(S)) == pytest.approx(lr / 10)
+
+
+def test_sft_schedule_uses_last_micro_step_of_each_update():
+    lr, A, S_opt = 1.0, 4, 10
+    sched = optim.sft_schedule(lr, S_opt * A, A)
+    expected = lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * ((k + 1) * A - 1) / (S_opt * A)))
+    assert [float(sched(k)) for k in range(S_opt)] == pytest.approx([expected(k) for k in range(S_opt)], rel=1e-6)
+
+
+def test_rl_schedule_is_cosine_to_a_tenth():
+    sched = optim.rl_schedule(1e-6, 50)
+    assert float(sched(0)) == pytest.approx(1e-6)
+    assert float(sched(50)) == pytest.approx(1e-7)
+    assert float(sched(25)) == pytest.approx(0.55e-6)
+
+
+def _linear_loss(params, batch, rng, frozen, extra):
+    pred = batch["x"] @ params["w"] + params["b"]                       # [B]
+    loss = jnp.mean((pred - batch["y"]) ** 2)
+    return loss, {"loss": loss}
+
+
+def _toy(seed=0, rows=8):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    batch = {"x": jax.random.normal(k1, (rows, 3)), "y": jax.random.normal(k2, (rows,))}
+    params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+    return params, batch
+
+
+def test_accumulation_equals_one_big_batch():
+    params, batch = _toy()
+    tx = optim.adamw(lambda k: 1e-2, grad_clip=1.0)
+    step = jax.jit(make_train_step(_linear_loss, tx))
+    whole, _ = step(TrainState.create(params, tx, 0), jax.tree.map(lambda v: v[None], batch), {})
+    split, m = step(TrainState.create(params, tx, 0), jax.tree.map(lambda v: v.reshape(4, 2, *v.shape[1:]), batch), {})
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(split.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert int(split.step) == 1 and set(m) >= {"loss", "grad_norm"}
+
+
+def test_clipping_bounds_the_update_norm():
+    params, batch = _toy()
+    batch = {**batch, "y": batch["y"] * 1e4}                            # a huge gradient
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
+    new, m = jax.jit(make_train_step(_linear_loss, tx))(TrainState.create(params, tx, 0),
+                                                       jax.tree.map(lambda v: v[None], batch), {})
+    delta = optax.global_norm(jax.tree.map(jnp.subtract, new.params, params))
+    assert float(m["grad_norm"]) > 1e3 and float(delta) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_fp16_overflow_skips_the_update_and_halves_the_scale():
+    params, batch = _toy()
+    tx = optim.adamw(lambda k: 1e-2)
+    state = TrainState.create(params, tx, 0, {"loss_scale": LossScale.create(2.0**15)})
+    bad = {**batch, "y": batch["y"].at[0].set(jnp.inf)}
+    step = jax.jit(make_train_step(_linear_loss, tx))
+    after, _ = step(state, jax.tree.map(lambda v: v[None], bad), {})
+    assert float(after.extra["loss_scale"].scale) == 2.0**14
+    for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    good, _ = step(state, jax.tree.map(lambda v: v[None], batch), {})
+    assert float(good.extra["loss_scale"].scale) == 2.0**15 and int(good.extra["loss_scale"].good_steps) == 1
+    assert not np.allclose(good.params["w"], state.params["w"])
+
+
+def test_loss_scale_grows_after_a_period_of_good_steps():
+    ls = LossScale(jnp.float32(8.0), jnp.int32(0), period=3)
+    for _ in range(3):
+        ls = ls.adjust(jnp.bool_(True))
+    assert float(ls.scale) == 16.0 and int(ls.good_steps) == 0
+
+
+@given(n=st.integers(1, 200), A=st.integers(1, 4), B=st.sampled_from([1, 2, 4, 8]), procs=st.sampled_from([1, 2, 4]))
+def test_step_rows_cover_the_epoch_and_split_by_process(n, A, B, procs):
+    if B % procs:
+        return
+    perm = np.random.default_rng(n).permutation(n)
+    steps = -(-n // (A * B))
+    whole = np.concatenate([step_rows(perm, s, A, B).reshape(-1) for s in range(steps)])
+    assert set(whole) == set(range(n)) and len(whole) == steps * A * B
+    np.testing.assert_array_equal(whole[:n], perm)                      # consecutive entries of the permutation
+    for s in range(steps):
+        parts = [step_rows(perm, s, A, B, p, procs) for p in range(procs)]
+        np.testing.assert_array_equal(np.concatenate(parts, axis=1), step_rows(perm, s, A, B))
+
+
+def test_parse_mesh():
+    assert parse_mesh(None, 4) == {"data": 4, "fsdp": 1}
+    assert parse_mesh("data=2,fsdp=2", 4) == {"data": 2, "fsdp": 2}
+    assert parse_mesh("fsdp=4", 8) == {"data": 2, "fsdp": 4}
+    with pytest.raises(ValueError, match="uses 6 devices"):
+        parse_mesh("data=3,fsdp=2", 4)
+    with pytest.raises(ValueError, match="expected"):
+        parse_mesh("model=2", 4)
+
+
+def test_fsdp_spec_shards_the_largest_divisible_dim():
+    assert fsdp_spec((6400, 512), 4) == jax.sharding.PartitionSpec("fsdp")
+    assert fsdp_spec((512, 1408), 4) == jax.sharding.PartitionSpec(None, "fsdp")
+    assert fsdp_spec((512,), 4) == jax.sharding.PartitionSpec()          # small: replicated
+    assert fsdp_spec((6400, 512), 1) == jax.sharding.PartitionSpec()

@@ -1,0 +1,1 @@
+"""The trainer: `python -m train.run --stage=STAGE`. One engine (engine.py) runs every stage (stages/)."""

@@ -1,0 +1,80 @@
+"""Command-line flags: the reference's names (so MiniMind users feel at home) plus this project's additions.
+
+Flags whose default depends on the stage (learning rate, batch size, ...) are None here and filled from the
+stage's `defaults` (the reference's values, SPEC.md §5).
+"""
+import argparse
+
+STAGE_NAMES = ["pretrain", "full_sft", "lora", "distillation", "reason", "dpo", "reward", "ppo", "grpo", "spo"]
+ALIASES = {"sft": "full_sft", "distill_reason": "reason", "distill": "distillation"}
+PIPELINE = ["pretrain", "full_sft", "lora", "distillation", "dpo", "reason", "reward", "ppo", "grpo", "spo"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.run", description="Train MiniMind in JAX: one engine, every stage.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = p.add_argument
+    add("--stage", required=True, help=f"one of {STAGE_NAMES}, an alias {sorted(ALIASES)}, or 'all' (the pipeline)")
+    # model
+    add("--preset", default="small", choices=["tiny", "small", "base", "moe"], help="model size; flags below override")
+    add("--hidden_size", type=int, default=None)
+    add("--num_hidden_layers", type=int, default=None)
+    add("--use_moe", type=int, default=None, choices=[0, 1])
+    add("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bfloat16 on GPU/TPU, float32 on CPU)")
+    # optimisation (None = the stage's reference default)
+    add("--epochs", type=int, default=None)
+    add("--batch_size", type=int, default=None, help="global batch (all devices and hosts together)")
+    add("--learning_rate", type=float, default=None)
+    add("--accumulation_steps", type=int, default=None)
+    add("--grad_clip", type=float, default=1.0)
+    add("--max_seq_len", type=int, default=None, help="RL stages: the prompt length")
+    add("--max_steps", type=int, default=None, help="stop after this many optimizer steps in all (the schedule still "
+                                                    "spans --epochs, so a stopped run resumed is the same run)")
+    add("--seed", type=int, default=42)
+    # data and weights
+    add("--data_path", default=None, help="jsonl file; default: the stage's file in data/sample/")
+    add("--tokenizer", default=None, help="tokenizer dir; default: the embedded data/sample/tokenizer")
+    add("--skip_bad_lines", action="store_true", help="skip malformed jsonl rows (counted) instead of stopping")
+    add("--cache_dir", default=None, help="where tokenized data is cached")
+    add("--out_dir", default="out")
+    add("--from_weight", default=None, help="NAME (loads <out_dir>/NAME_<hidden>/weights.safetensors), a path, or none")
+    add("--save_weight", default=None)
+    add("--from_resume", type=int, default=0, choices=[0, 1], help="1: continue exactly from the last checkpoint")
+    add("--log_interval", type=int, default=10)
+    add("--save_interval", type=int, default=100)
+    add("--use_wandb", action="store_true", help="also log to wandb (or swanlab) when installed")
+    # devices
+    add("--mesh", default=None, help="e.g. data=4 or data=2,fsdp=4 (default: every device on data)")
+    add("--coordinator_address", default=None, help="multi-host: host:port of process 0")
+    add("--num_processes", type=int, default=None)
+    add("--process_id", type=int, default=None)
+    # lora
+    add("--lora_name", default="lora_identity")
+    add("--lora_rank", type=int, default=8)
+    # distillation
+    add("--alpha", type=float, default=0.5, help="weight of CE; (1-alpha) weighs the KL")
+    add("--temperature", type=float, default=1.5)
+    add("--from_student_weight", default=None)
+    add("--from_teacher_weight", default=None)
+    add("--teacher_hidden_size", type=int, default=None)
+    add("--teacher_num_layers", type=int, default=None)
+    # dpo / rl
+    add("--beta", type=float, default=None)
+    add("--dpo_sum_logps", type=int, default=0, choices=[0, 1], help="1: sequence log-prob as a sum, not a mean")
+    return p
+
+
+def canonical_stage(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in STAGE_NAMES + ["all"]:
+        raise SystemExit(f"--stage {name!r}: expected one of {', '.join(STAGE_NAMES + ['all'])} (or {', '.join(ALIASES)})")
+    return name
+
+
+def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """A copy of args where every flag left at None takes the stage's default (a callable default sees the args)."""
+    merged = argparse.Namespace(**vars(args))
+    for key, value in defaults.items():
+        if getattr(merged, key, None) is None:
+            setattr(merged, key, value(merged) if callable(value) else value)
+    return merged

@@ -1,0 +1,19 @@
+"""Which rows an optimizer step reads: a pure function of (permutation, step), so resume is exact."""
+import numpy as np
+
+
+def step_rows(perm: np.ndarray, step_in_epoch: int, accumulation: int, batch: int,
+              process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """Data-set rows of one optimizer step, [A, B / processes]: the global batch is A*B consecutive entries of the
+    epoch's permutation (wrapping at its end so shapes never change); each process takes its columns."""
+    per_step = accumulation * batch
+    rows = perm[(step_in_epoch * per_step + np.arange(per_step)) % len(perm)].reshape(accumulation, batch)
+    width = batch // process_count
+    return rows[:, process_index * width:(process_index + 1) * width]
+
+
+def split_batch(batch: dict, shape: tuple[int, int]) -> tuple[dict, dict]:
+    """numpy arrays reshaped to [A, B_local, ...] for the device; everything else (strings) kept for the host."""
+    arrays = {k: v.reshape(*shape, *v.shape[1:]) for k, v in batch.items() if isinstance(v, np.ndarray)}
+    host = {k: v for k, v in batch.items() if not isinstance(v, np.ndarray)}
+    return arrays, host

@@ -1,0 +1,160 @@
+"""The one training loop every stage runs: data order, jitted step, logging, checkpoints, export, resume.
+
+Step k of a run always sees the same rows, RNG and learning rate whether or not the run was stopped before it:
+the order of an epoch is a pure function of (seed, epoch), the position is derived from the step, and the RNG
+and the stage's state live in the checkpointed TrainState.
+"""
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from minimind_jax import MiniMindConfig, MiniMindForCausalLM, get_policy
+from safetensors.numpy import save_file
+from minimind_jax.data import SAMPLE_DIR, epoch_permutation, num_batches
+from minimind_jax.tokenizer import Tokenizer
+from train import checkpoint
+from train.batches import split_batch, step_rows
+from train.mesh import make_mesh, replicated, state_sharding, to_global
+from train.metrics import MetricsLog, summary
+from train.stage import Run, Stage, UsageError, weight_dir
+from train.state import LossScale, TrainState
+from train.step import make_train_step
+
+
+def resolve_dtype(name: str) -> str:
+    if name == "auto":
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return name
+
+
+def model_config(args) -> MiniMindConfig:
+    overrides = {k: v for k, v in (("hidden_size", args.hidden_size), ("num_hidden_layers", args.num_hidden_layers),
+                                   ("use_moe", None if args.use_moe is None else bool(args.use_moe))) if v is not None}
+    return MiniMindConfig.from_preset(args.preset, **overrides)
+
+
+def build_run(stage: Stage, args) -> Run:
+    cfg = model_config(args)
+    try:
+        tokenizer = Tokenizer.load(args.tokenizer)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--tokenizer {args.tokenizer}: {e}") from None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise UsageError(f"tokenizer {args.tokenizer or 'data/sample/tokenizer'} has {tokenizer.vocab_size} ids but the "
+                         f"model's vocab_size is {cfg.vocab_size}: use a matching tokenizer or preset")
+    model = MiniMindForCausalLM(cfg, policy=get_policy(resolve_dtype(args.dtype)))
+    try:
+        mesh = make_mesh(args.mesh)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return Run(args=args, cfg=cfg, model=model, tokenizer=tokenizer, mesh=mesh,
+               run_dir=weight_dir(args.out_dir, args.save_weight, cfg))
+
+
+def _check_batch(args, mesh):
+    devices = mesh.devices.size
+    if args.batch_size % devices:
+        raise UsageError(f"--batch_size {args.batch_size} must divide by the {devices} devices of the mesh")
+
+
+def _write_export(run: Run, stage: Stage, state: TrainState, frozen) -> None:
+    """weights.safetensors (reference names, fp16) and config.json, written whole or not at all (process 0)."""
+    if jax.process_index() != 0:
+        return
+    tensors = stage.export(run, jax.device_get(state.params), frozen)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run.run_dir / "weights.safetensors.tmp"
+    save_file({k: np.ascontiguousarray(v, np.float16) for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, run.run_dir / "weights.safetensors")
+    tmp = run.run_dir / "config.json.tmp"
+    tmp.write_text(run.cfg.to_json())
+    os.replace(tmp, run.run_dir / "config.json")
+
+
+def train(stage: Stage, args) -> tuple[Run, TrainState]:
+    """Run one stage to the end (or to --max_steps); run.run_dir then holds its outputs."""
+    run = build_run(stage, args)
+    mesh, cfg = run.mesh, run.cfg
+    _check_batch(args, mesh)
+    data_path = Path(args.data_path) if args.data_path else SAMPLE_DIR / stage.data_file
+    if not data_path.exists():
+        raise UsageError(f"--data_path {data_path}: no such file")
+    dataset = stage.dataset(data_path, run.tokenizer, args.max_seq_len,
+                            skip_bad_lines=args.skip_bad_lines, cache_dir=args.cache_dir)
+    A, B = args.accumulation_steps, args.batch_size
+    steps_per_epoch = num_batches(len(dataset), A * B)
+    total_steps = args.epochs * steps_per_epoch
+    stop = min(total_steps, args.max_steps) if args.max_steps else total_steps
+
+    rng = jax.random.PRNGKey(args.seed)
+    params, frozen = stage.init(run, rng)
+    schedule = stage.schedule(run, total_steps)
+    tx = stage.optimizer(run, schedule)
+    extra = stage.init_extra(run, params, frozen)
+    if resolve_dtype(args.dtype) == "float16":
+        extra = {**extra, "loss_scale": LossScale.create()}
+    state = TrainState.create(params, tx, args.seed, extra)
+    state_shardings = state_sharding(state, mesh)
+    state = jax.device_put(state, state_shardings)
+    frozen = jax.device_put(frozen, state_sharding(frozen, mesh))
+
+    mgr = checkpoint.manager(run.run_dir / "checkpoints")
+    position = {"global_batch": A * B, "stage": stage.name, "steps_per_epoch": steps_per_epoch}
+    if args.from_resume:
+        restored = checkpoint.restore_latest(mgr, state)
+        if restored is None:
+            print(f"--from_resume 1: no checkpoint in {run.run_dir / 'checkpoints'}; starting from step 0")
+        else:
+            state, meta = restored
+            if meta.get("global_batch") != A * B:
+                raise UsageError(f"--from_resume: the checkpoint was written with a global batch of "
+                                 f"{meta.get('global_batch')} rows per step, this run uses {A * B} "
+                                 f"(batch_size x accumulation_steps must match to continue the data order)")
+    start = int(jax.device_get(state.step))
+    update_extra = stage.update_extra(run) if stage.update_extra else None
+    step_fn = jax.jit(make_train_step(stage.make_loss(run), tx, update_extra), donate_argnums=0,
+                      out_shardings=(state_shardings, replicated(mesh)))
+
+    log = MetricsLog(run.run_dir / "metrics.jsonl", resume_step=start, enabled=jax.process_index() == 0,
+                     tracker="wandb" if args.use_wandb else None, run_name=run.run_dir.name,
+                     config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))})
+    pi, pc = jax.process_index(), jax.process_count()
+    bar = tqdm(total=stop, initial=start, desc=stage.name, unit="step", dynamic_ncols=True, disable=pi != 0)
+    tokens_per_step = A * B * (args.max_seq_len - 1)
+    step, t_last, s_last = start, time.perf_counter(), start
+    while step < stop:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        perm = epoch_permutation(args.seed, epoch, len(dataset))
+        rows = step_rows(perm, in_epoch, A, B, pi, pc)
+        arrays, host = split_batch(dataset.batch(rows.reshape(-1)), rows.shape)
+        if stage.prepare is not None:
+            arrays = stage.prepare(run, state, frozen, arrays, host, step)
+        state, metrics = step_fn(state, to_global(arrays, mesh), frozen)
+        step += 1
+        bar.update(1)
+        if step % args.log_interval == 0 or step == stop:
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            record = {"step": step, "epoch": epoch, **metrics,
+                      "lr": float(schedule(step - 1)),
+                      "tokens_per_s": tokens_per_step * (step - s_last) / (now - t_last), "time": time.time()}
+            t_last, s_last = now, step
+            log.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            tok_s=f"{record['tokens_per_s']:.0f}")
+            tqdm.write(summary(record))
+        if step % args.save_interval == 0 or step == stop:
+            epoch_next, in_epoch_next = divmod(step, steps_per_epoch)
+            checkpoint.save(mgr, state, {**position, "epoch": epoch_next, "batch_in_epoch": in_epoch_next,
+                                         "num_processes": pc, "config": cfg.to_dict()})
+            _write_export(run, stage, state, frozen)
+    bar.close()
+    if start >= stop:
+        print(f"{stage.name}: already at step {start} of {stop}; nothing to do")
+        _write_export(run, stage, state, frozen)
+    return run, state

@@ -1,0 +1,61 @@
+"""metrics.jsonl (one JSON object per logged step), a one-line console summary, optional wandb/swanlab."""
+import json
+import math
+from pathlib import Path
+
+
+def _clean(v):
+    v = float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class MetricsLog:
+    """Appends to <run dir>/metrics.jsonl. On resume, records past the restored step are dropped first, so the
+    file of a resumed run reads like the file of a run that never stopped."""
+
+    def __init__(self, path: Path, resume_step: int = 0, enabled: bool = True, tracker: str | None = None,
+                 run_name: str = "", config: dict | None = None):
+        self.path, self.enabled, self.tracker = Path(path), enabled, None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step and self.path.exists():
+            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
+        self.path.write_text("".join(l + "\n" for l in kept))
+        if tracker:
+            self.tracker = _open_tracker(tracker, run_name, config or {})
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {k: _clean(v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
+
+def _open_tracker(name: str, run_name: str, config: dict):
+    """wandb or swanlab when installed (both expose init/log); otherwise say so once and carry on."""
+    for module in ([name] if name in ("wandb", "swanlab") else ["wandb", "swanlab"]):
+        try:
+            lib = __import__(module)
+        except ImportError:
+            continue
+        lib.init(project="minimind-jax", name=run_name, config=config)
+        return lib
+    print("warning: --use_wandb given but neither wandb nor swanlab is installed; logging to metrics.jsonl only")
+    return None
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+def summary(record: dict, keys=("loss", "lr", "tokens_per_s")) -> str:
+    head = f"step {record['step']} epoch {record['epoch']}"
+    parts = [f"{k} {record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float))]
+    parts += [f"{k} {v:.4g}" for k, v in record.items()
+              if k not in keys and k not in ("step", "epoch", "time") and isinstance(v, float)]
+    return " | ".join([head, *parts])

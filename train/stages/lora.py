@@ -1,0 +1,39 @@
+"""LoRA: rank-r adapters on every square projection, y = Wx + B(Ax); only the adapters train, clip and save.
+
+The trainable pytree is the adapters alone and the base weights ride along frozen, so the optimizer state,
+the gradient clipping and the checkpoint cover exactly what the reference's LoRA optimizer covers.
+"""
+from minimind_jax.data import SFTDataset
+from minimind_jax.lora import apply_lora, init_lora, lora_to_torch
+from train.stage import Stage, load_or_init
+from train.stages.pretrain import lm_loss
+
+
+def init(run, rng):
+    base = load_or_init(run, rng)
+    return init_lora(rng, base, run.cfg, rank=run.args.lora_rank), {"base": base}
+
+
+def make_loss(run):
+    lm = lm_loss(run)
+
+    def loss_fn(lora, batch, rng, frozen, extra):
+        return lm(apply_lora(frozen["base"], lora), batch, rng, None, extra)
+
+    return loss_fn
+
+
+def export(run, lora, frozen):
+    return lora_to_torch(lora, run.cfg)
+
+
+STAGE = Stage(
+    name="lora",
+    defaults=dict(learning_rate=1e-4, batch_size=32, accumulation_steps=1, max_seq_len=340, epochs=50,
+                  from_weight="full_sft", save_weight=lambda args: args.lora_name),
+    data_file="lora_identity.jsonl",
+    dataset=SFTDataset,
+    make_loss=make_loss,
+    init=init,
+    export=export,
+)

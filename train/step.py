@@ -1,0 +1,71 @@
+"""The train step: gradients of the stage's loss over `accumulation_steps` micro-batches, one Optax update.
+
+`loss_fn(params, batch, rng, frozen, extra) -> (loss, metrics)` is the stage's pure loss (DESIGN.md), with two
+explicit extra arguments: `frozen` (teacher, reference policy, LoRA base: read, never differentiated) and `extra`
+(the stage's state). They are arguments, not closures, so that XLA does not bake them into the program as constants.
+"""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from train.state import LossScale, TrainState
+
+
+def _tree_all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _select(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def make_train_step(loss_fn, tx: optax.GradientTransformation, update_extra=None):
+    """Returns step(state, batch, frozen) -> (state, metrics), ready to jit with the state donated.
+
+    Every batch leaf carries a leading micro-batch axis [A, B, ...]. Gradients are averaged over A (the reference
+    divides each micro-batch loss by A and lets backward accumulate), with a scan so memory holds one micro-batch.
+    """
+    def micro_grads(params, micro, rng, frozen, extra, scale):
+        def scaled_loss(p):
+            loss, metrics = loss_fn(p, micro, rng, frozen, extra)
+            return loss * scale, metrics
+        (_, metrics), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params)
+        return jax.tree.map(lambda g: g / scale, grads), metrics
+
+    def step(state: TrainState, batch, frozen):
+        loss_scale: LossScale | None = state.extra.get("loss_scale")
+        scale = loss_scale.scale if loss_scale is not None else jnp.float32(1.0)
+        rng, step_rng = jax.random.split(state.rng)
+        num_micro = jax.tree.leaves(batch)[0].shape[0]
+        rngs = jax.random.split(step_rng, num_micro)
+        grads_of = partial(micro_grads, state.params, frozen=frozen, extra=state.extra, scale=scale)
+
+        if num_micro == 1:
+            grads, metrics = grads_of(jax.tree.map(lambda x: x[0], batch), rngs[0])
+        else:
+            def accumulate(acc, xs):
+                grads, metrics = grads_of(*xs)
+                return jax.tree.map(jnp.add, acc, grads), metrics
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            grads, metrics = jax.lax.scan(accumulate, zeros, (batch, rngs))
+            grads = jax.tree.map(lambda g: g / num_micro, grads)
+            metrics = jax.tree.map(jnp.mean, metrics)
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        extra = dict(state.extra)
+        if loss_scale is not None:  # fp16: an overflowing step changes nothing but the scale
+            finite = _tree_all_finite(grads)
+            params = _select(finite, params, state.params)
+            opt_state = _select(finite, opt_state, state.opt_state)
+            extra["loss_scale"] = loss_scale.adjust(finite)
+            metrics = {**metrics, "loss_scale": scale}
+        if update_extra is not None:
+            extra = update_extra(extra, params, batch, state.step)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng, extra=extra)
+        return state, metrics
+
+    return step
