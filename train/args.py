@@ -61,6 +61,26 @@ def parser() -> argparse.ArgumentParser:
     # dpo / rl
     add("--beta", type=float, default=None)
     add("--dpo_sum_logps", type=int, default=0, choices=[0, 1], help="1: sequence log-prob as a sum, not a mean")
+    # rl: rollouts
+    add("--max_gen_len", type=int, default=None, help="RL: new tokens per completion")
+    add("--num_generations", type=int, default=8, help="GRPO: completions per prompt")
+    add("--rollout_temperature", type=float, default=0.8)
+    add("--rollout_top_p", type=float, default=1.0)
+    add("--rollout_top_k", type=int, default=0)
+    add("--rollout_dtype", default="float32", choices=["float32", "bfloat16"],
+        help="weights used while sampling (bfloat16 halves the bytes read per decoded token)")
+    # rl: rewards
+    add("--reasoning", type=int, default=1, choices=[0, 1], help="1: add the <think>/<answer> format and tag reward")
+    add("--answer_reward", type=float, default=1.0, help="weight of the exact-answer reward (rows with an answer)")
+    add("--reward_model", default=None, help="NAME or path of a reward model trained by --stage reward")
+    add("--reward_fn", default=None, help="module:function(prompts, responses, answers) -> float[B], added")
+    # rl: objectives
+    add("--clip_epsilon", type=float, default=0.1)
+    add("--vf_coef", type=float, default=0.5)
+    add("--kl_coef", type=float, default=0.02)
+    add("--critic_learning_rate", type=float, default=8e-8)
+    add("--update_old_actor_freq", type=int, default=4)
+    add("--kl_estimator", default="k3", choices=["k3", "k1"])
     return p
 
 

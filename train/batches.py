@@ -17,3 +17,23 @@ def split_batch(batch: dict, shape: tuple[int, int]) -> tuple[dict, dict]:
     arrays = {k: v.reshape(*shape, *v.shape[1:]) for k, v in batch.items() if isinstance(v, np.ndarray)}
     host = {k: v for k, v in batch.items() if not isinstance(v, np.ndarray)}
     return arrays, host
+
+
+class Rows:
+    """A fixed subset of a data set's rows (a training or held-out split) with the data set's interface."""
+
+    def __init__(self, dataset, rows: np.ndarray):
+        self.dataset, self.rows = dataset, np.asarray(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray) -> dict:
+        return self.dataset.batch(self.rows[np.asarray(indices)])
+
+
+def held_out_split(n: int, every: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): every `every`-th row is held out — stable as the file grows at its end."""
+    rows = np.arange(n)
+    held = rows % every == every - 1
+    return rows[~held], rows[held]

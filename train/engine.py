@@ -4,20 +4,21 @@ Step k of a run always sees the same rows, RNG and learning rate whether or not 
 the order of an epoch is a pure function of (seed, epoch), the position is derived from the step, and the RNG
 and the stage's state live in the checkpointed TrainState.
 """
+import dataclasses
+import json
 import os
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM, get_policy
-from safetensors.numpy import save_file
 from minimind_jax.data import SAMPLE_DIR, epoch_permutation, num_batches
 from minimind_jax.tokenizer import Tokenizer
-from train import checkpoint
+from train import checkpoint, optim
 from train.batches import split_batch, step_rows
 from train.mesh import make_mesh, replicated, state_sharding, to_global
 from train.metrics import MetricsLog, summary
@@ -42,7 +43,7 @@ def build_run(stage: Stage, args) -> Run:
     cfg = model_config(args)
     try:
         tokenizer = Tokenizer.load(args.tokenizer)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         raise UsageError(f"--tokenizer {args.tokenizer}: {e}") from None
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UsageError(f"tokenizer {args.tokenizer or 'data/sample/tokenizer'} has {tokenizer.vocab_size} ids but the "
@@ -76,10 +77,37 @@ def _write_export(run: Run, stage: Stage, state: TrainState, frozen) -> None:
     os.replace(tmp, run.run_dir / "config.json")
 
 
-def train(stage: Stage, args) -> tuple[Run, TrainState]:
-    """Run one stage to the end (or to --max_steps); run.run_dir then holds its outputs."""
+@dataclasses.dataclass
+class Session:
+    """A stage ready to run: its data, its state (fresh or restored) and its compiled step."""
+    stage: Stage
+    run: Run
+    dataset: object
+    state: TrainState
+    frozen: object
+    step_fn: object               # jitted (state, batch, frozen) -> (state, metrics), state donated
+    schedule: object              # optimizer step -> learning rate
+    steps_per_epoch: int
+    total_steps: int
+    stop: int                     # the step this invocation ends at (--max_steps or the end of --epochs)
+
+    def batch(self, step: int) -> tuple[dict, dict]:
+        """(device batch, host info) of optimizer step `step`: rows by (seed, epoch, step), RL rollouts included."""
+        a = self.run.args
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        perm = epoch_permutation(a.seed, epoch, len(self.dataset))
+        rows = step_rows(perm, in_epoch, a.accumulation_steps, a.batch_size, jax.process_index(), jax.process_count())
+        arrays, host = split_batch(self.dataset.batch(rows.reshape(-1)), rows.shape)
+        info = {}
+        if self.stage.prepare is not None:
+            arrays, info = self.stage.prepare(self.run, self.state, self.frozen, arrays, host, step)
+        return to_global(arrays, self.run.mesh), info
+
+
+def setup(stage: Stage, args) -> Session:
+    """Build the run, read the data, create (or restore with --from_resume 1) the state, and jit the step."""
     run = build_run(stage, args)
-    mesh, cfg = run.mesh, run.cfg
+    mesh = run.mesh
     _check_batch(args, mesh)
     data_path = Path(args.data_path) if args.data_path else SAMPLE_DIR / stage.data_file
     if not data_path.exists():
@@ -91,10 +119,9 @@ def train(stage: Stage, args) -> tuple[Run, TrainState]:
     total_steps = args.epochs * steps_per_epoch
     stop = min(total_steps, args.max_steps) if args.max_steps else total_steps
 
-    rng = jax.random.PRNGKey(args.seed)
-    params, frozen = stage.init(run, rng)
+    params, frozen = stage.init(run, jax.random.PRNGKey(args.seed))
     schedule = stage.schedule(run, total_steps)
-    tx = stage.optimizer(run, schedule)
+    tx = stage.optimizer(run, total_steps) if stage.optimizer else optim.adamw(schedule, args.grad_clip)
     extra = stage.init_extra(run, params, frozen)
     if resolve_dtype(args.dtype) == "float16":
         extra = {**extra, "loss_scale": LossScale.create()}
@@ -102,59 +129,69 @@ def train(stage: Stage, args) -> tuple[Run, TrainState]:
     state_shardings = state_sharding(state, mesh)
     state = jax.device_put(state, state_shardings)
     frozen = jax.device_put(frozen, state_sharding(frozen, mesh))
-
-    mgr = checkpoint.manager(run.run_dir / "checkpoints")
-    position = {"global_batch": A * B, "stage": stage.name, "steps_per_epoch": steps_per_epoch}
     if args.from_resume:
-        restored = checkpoint.restore_latest(mgr, state)
-        if restored is None:
-            print(f"--from_resume 1: no checkpoint in {run.run_dir / 'checkpoints'}; starting from step 0")
-        else:
-            state, meta = restored
-            if meta.get("global_batch") != A * B:
-                raise UsageError(f"--from_resume: the checkpoint was written with a global batch of "
-                                 f"{meta.get('global_batch')} rows per step, this run uses {A * B} "
-                                 f"(batch_size x accumulation_steps must match to continue the data order)")
-    start = int(jax.device_get(state.step))
+        state = _restore(run, state, A * B)
     update_extra = stage.update_extra(run) if stage.update_extra else None
     step_fn = jax.jit(make_train_step(stage.make_loss(run), tx, update_extra), donate_argnums=0,
                       out_shardings=(state_shardings, replicated(mesh)))
+    return Session(stage, run, dataset, state, frozen, step_fn, schedule, steps_per_epoch, total_steps, stop)
 
+
+def _restore(run: Run, state: TrainState, global_batch: int) -> TrainState:
+    restored = checkpoint.restore_latest(checkpoint.manager(run.run_dir / "checkpoints"), state)
+    if restored is None:
+        print(f"--from_resume 1: no checkpoint in {run.run_dir / 'checkpoints'}; starting from step 0")
+        return state
+    state, meta = restored
+    if meta.get("global_batch") != global_batch:
+        raise UsageError(f"--from_resume: the checkpoint was written with a global batch of {meta.get('global_batch')} "
+                         f"rows per step, this run uses {global_batch} (batch_size x accumulation_steps must match "
+                         f"to continue the data order)")
+    return state
+
+
+def train(stage: Stage, args) -> Session:
+    """Run one stage to the end (or to --max_steps); session.run.run_dir then holds its outputs."""
+    s = setup(stage, args)
+    run, args = s.run, s.run.args
+    start = int(jax.device_get(s.state.step))
+    mgr = checkpoint.manager(run.run_dir / "checkpoints")
     log = MetricsLog(run.run_dir / "metrics.jsonl", resume_step=start, enabled=jax.process_index() == 0,
                      tracker="wandb" if args.use_wandb else None, run_name=run.run_dir.name,
                      config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))})
-    pi, pc = jax.process_index(), jax.process_count()
-    bar = tqdm(total=stop, initial=start, desc=stage.name, unit="step", dynamic_ncols=True, disable=pi != 0)
-    tokens_per_step = A * B * (args.max_seq_len - 1)
+    bar = tqdm(total=s.stop, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    tokens_per_step = args.accumulation_steps * args.batch_size * (args.max_seq_len - 1)
     step, t_last, s_last = start, time.perf_counter(), start
-    while step < stop:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        perm = epoch_permutation(args.seed, epoch, len(dataset))
-        rows = step_rows(perm, in_epoch, A, B, pi, pc)
-        arrays, host = split_batch(dataset.batch(rows.reshape(-1)), rows.shape)
-        if stage.prepare is not None:
-            arrays = stage.prepare(run, state, frozen, arrays, host, step)
-        state, metrics = step_fn(state, to_global(arrays, mesh), frozen)
+    while step < s.stop:
+        batch, info = s.batch(step)
+        s.state, metrics = s.step_fn(s.state, batch, s.frozen)
         step += 1
         bar.update(1)
-        if step % args.log_interval == 0 or step == stop:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if step % args.log_interval == 0 or step == s.stop:
             now = time.perf_counter()
-            record = {"step": step, "epoch": epoch, **metrics,
-                      "lr": float(schedule(step - 1)),
+            record = {"step": step, "epoch": (step - 1) // s.steps_per_epoch,
+                      **{k: float(v) for k, v in jax.device_get(metrics).items()}, **info,
+                      "lr": float(s.schedule(step - 1)),
                       "tokens_per_s": tokens_per_step * (step - s_last) / (now - t_last), "time": time.time()}
             t_last, s_last = now, step
             log.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
             tqdm.write(summary(record))
-        if step % args.save_interval == 0 or step == stop:
-            epoch_next, in_epoch_next = divmod(step, steps_per_epoch)
-            checkpoint.save(mgr, state, {**position, "epoch": epoch_next, "batch_in_epoch": in_epoch_next,
-                                         "num_processes": pc, "config": cfg.to_dict()})
-            _write_export(run, stage, state, frozen)
+        if step % args.save_interval == 0 or step == s.stop:
+            epoch, in_epoch = divmod(step, s.steps_per_epoch)
+            checkpoint.save(mgr, s.state, {"stage": stage.name, "global_batch": args.accumulation_steps * args.batch_size,
+                                           "steps_per_epoch": s.steps_per_epoch, "epoch": epoch,
+                                           "batch_in_epoch": in_epoch, "num_processes": jax.process_count(),
+                                           "config": run.cfg.to_dict()})
+            _write_export(run, stage, s.state, s.frozen)
     bar.close()
-    if start >= stop:
-        print(f"{stage.name}: already at step {start} of {stop}; nothing to do")
-        _write_export(run, stage, state, frozen)
-    return run, state
+    if start >= s.stop:
+        print(f"{stage.name}: already at step {start} of {s.stop}; nothing to do")
+        _write_export(run, stage, s.state, s.frozen)
+    if stage.evaluate is not None and jax.process_index() == 0:
+        report = stage.evaluate(run, s.state, s.frozen)
+        (run.run_dir / "eval.json").write_text(json.dumps(report, indent=1))
+        print(f"{stage.name} evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in report.items()))
+    return s

@@ -2,9 +2,11 @@
 
 Errors a user can fix (a bad flag, a missing weight, a malformed jsonl line) print one line and exit with 2.
 """
+import argparse
 import sys
 
-from train.args import PIPELINE, canonical_stage, parser, with_defaults
+from train.args import canonical_stage, parser, with_defaults
+from train.pipeline import stage_plan
 from train.stage import UsageError
 from train import stages
 
@@ -23,24 +25,20 @@ def run_stage(name: str, args):
     return train(stage, with_defaults(args, {**stage.defaults, "stage": name}))
 
 
-def run_pipeline(args) -> None:
-    """Every stage in the reference's order, each starting from the weights the previous one saved.
-
-    The pipeline trains one model size, so distillation's teacher is the full_sft model of that size.
-    """
-    for name in [n for n in PIPELINE if n in stages.available()]:
+def run_pipeline(args, given: set[str]) -> None:
+    for name, overrides in stage_plan(args, given):
         print(f"\n=== {name} ===", flush=True)
-        stage_args = with_defaults(args, {})
-        stage_args.stage = name
-        if name == "distillation":
-            from train.engine import model_config
-            cfg = model_config(args)
-            stage_args.teacher_hidden_size = args.teacher_hidden_size or cfg.hidden_size
-            stage_args.teacher_num_layers = args.teacher_num_layers or cfg.num_hidden_layers
+        stage_args = argparse.Namespace(**{**vars(args), **overrides, "stage": name})
         run_stage(name, stage_args)
 
 
+def explicit_flags(argv) -> set[str]:
+    """The flags the user typed (`--batch_size 8` or `--batch_size=8`), which the tiny pipeline must not override."""
+    return {a[2:].split("=")[0] for a in argv if a.startswith("--")}
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     args.stage = canonical_stage(args.stage)
     if args.stage not in ("all", *stages.available()):
@@ -49,7 +47,7 @@ def main(argv=None) -> None:
     try:
         init_distributed(args)
         if args.stage == "all":
-            run_pipeline(args)
+            run_pipeline(args, explicit_flags(argv))
         else:
             run_stage(args.stage, args)
     except (UsageError, DataError) as e:

@@ -32,6 +32,7 @@ class Run:
     tokenizer: Any
     mesh: Mesh
     run_dir: Path              # <out_dir>/<save_weight>_<hidden>[_moe]
+    cache: dict = dataclasses.field(default_factory=dict)   # things built once per run (jitted scorers, ...)
 
 
 def weight_dir(out_dir, name: str, cfg: MiniMindConfig) -> Path:
@@ -83,10 +84,6 @@ def rl_schedule(run: Run, total_steps: int) -> optax.Schedule:
     return optim.rl_schedule(run.args.learning_rate, total_steps)
 
 
-def adamw(run: Run, schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optim.adamw(schedule, run.args.grad_clip)
-
-
 def export_full(run: Run, params, frozen) -> dict[str, np.ndarray]:
     return params_to_torch(params, run.cfg)
 
@@ -101,7 +98,8 @@ class Stage:
     init: Callable = init_full              # (run, rng) -> (trainable params, frozen pytree)
     init_extra: Callable = lambda run, params, frozen: {}    # the stage's own state, checkpointed
     schedule: Callable = sft_schedule       # (run, total optimizer steps) -> lr(step), also what is logged
-    optimizer: Callable = adamw             # (run, schedule) -> optax transformation
+    optimizer: Callable | None = None       # (run, total steps) -> optax transformation; None: AdamW on `schedule`
     prepare: Callable | None = None         # RL: (run, state, frozen, batch, step) -> device batch (rollouts)
     update_extra: Callable | None = None    # (run) -> fn(extra, params, batch, step) -> extra, inside the jit
     export: Callable = export_full          # (run, params, frozen) -> {reference name: array}
+    evaluate: Callable | None = None        # (run, state, frozen) -> {metric: float}, after training (eval.json)

@@ -1,0 +1,158 @@
+"""The reference MiniMind train step in PyTorch (SPEC.md §1, §4), for side-by-side timing in bench.train.
+
+Written from the specification: RMSNorm, rotate-half RoPE, GQA through torch's fused SDPA (as the reference uses
+when available), SwiGLU, tied embeddings, and the reference's MoE (a Python loop over experts while training).
+Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it.
+"""
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return self.weight * (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+def rope_tables(head_dim, T, theta):
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    f = torch.outer(torch.arange(T).float(), freqs)
+    return torch.cat([f.cos(), f.cos()], -1), torch.cat([f.sin(), f.sin()], -1)
+
+
+def rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.h, self.kv, self.hd = c["heads"], c["kv_heads"], c["hidden"] // c["heads"]
+        self.q_proj = nn.Linear(c["hidden"], self.h * self.hd, bias=False)
+        self.k_proj = nn.Linear(c["hidden"], self.kv * self.hd, bias=False)
+        self.v_proj = nn.Linear(c["hidden"], self.kv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.h * self.hd, c["hidden"], bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.hd)
+        k = self.k_proj(x).view(B, T, self.kv, self.hd)
+        v = self.v_proj(x).view(B, T, self.kv, self.hd)
+        q, k = rotate(q, cos[:, None], sin[:, None]), rotate(k, cos[:, None], sin[:, None])
+        rep = self.h // self.kv
+        k, v = (t.repeat_interleave(rep, dim=2) for t in (k, v))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden, inter):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """The reference's training path: repeat tokens per chosen slot, loop over experts, weighted sum."""
+
+    def __init__(self, c, inter):
+        super().__init__()
+        self.k, self.n = c["top_k"], c["experts"]
+        self.experts = nn.ModuleList(MLP(c["hidden"], inter) for _ in range(self.n))
+        self.shared = nn.ModuleList(MLP(c["hidden"], inter) for _ in range(c["shared"]))
+        self.gate = nn.Linear(c["hidden"], self.n, bias=False)
+
+    def forward(self, x):
+        B, T, H = x.shape
+        flat = x.view(-1, H)
+        scores = self.gate(flat).softmax(-1)
+        w, idx = torch.topk(scores, self.k, dim=-1)
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        rep = flat.repeat_interleave(self.k, dim=0)
+        y = torch.empty_like(rep)
+        flat_idx = idx.view(-1)
+        for i, expert in enumerate(self.experts):
+            y[flat_idx == i] = expert(rep[flat_idx == i]).to(y.dtype)
+        y = (y.view(*w.shape, -1) * w.unsqueeze(-1)).sum(1).view(B, T, H)
+        for s in self.shared:
+            y = y + s(x)
+        ce = torch.zeros(B, self.n).scatter_add_(1, idx.view(B, -1), torch.ones(B, T * self.k)).div_(T * self.k / self.n)
+        aux = (ce * scores.view(B, T, -1).mean(1)).sum(1).mean() * 0.01
+        return y, aux
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        inter = 64 * math.ceil(int(c["hidden"] * 8 / 3) / 64)
+        self.input_layernorm, self.post_attention_layernorm = RMSNorm(c["hidden"]), RMSNorm(c["hidden"])
+        self.self_attn = Attention(c)
+        self.mlp = MoE(c, inter) if c["moe"] else MLP(c["hidden"], inter)
+
+    def forward(self, x, cos, sin):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        out = self.mlp(self.post_attention_layernorm(h))
+        out, aux = out if isinstance(out, tuple) else (out, x.new_zeros(()))
+        return h + out, aux
+
+
+class MiniMind(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c["vocab"], c["hidden"])
+        self.layers = nn.ModuleList(Block(c) for _ in range(c["layers"]))
+        self.norm = RMSNorm(c["hidden"])
+        self.lm_head = nn.Linear(c["hidden"], c["vocab"], bias=False)
+        self.lm_head.weight = self.embed_tokens.weight
+        self.theta = 1e6
+
+    def forward(self, ids):
+        cos, sin = rope_tables(self.layers[0].self_attn.hd, ids.shape[1], self.theta)
+        x, aux = self.embed_tokens(ids), 0.0
+        for layer in self.layers:
+            x, a = layer(x, cos, sin)
+            aux = aux + a
+        return self.lm_head(self.norm(x)), aux
+
+
+def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=5, threads=None) -> dict:
+    """fp32 train steps of the reference recipe: masked CE + aux, AdamW, global-norm clip 1.0."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    c = dict(hidden=hidden, layers=layers, heads=8, kv_heads=2, vocab=6400, moe=moe, top_k=2, experts=4, shared=1)
+    model = MiniMind(c)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    x = torch.randint(0, 6400, (batch, seq))
+    y = torch.randint(0, 6400, (batch, seq))
+    mask = torch.ones(batch, seq)
+
+    def step():
+        logits, aux = model(x)
+        ce = F.cross_entropy(logits.view(-1, 6400), y.view(-1), reduction="none").view(batch, seq)
+        loss = (ce * mask).sum() / mask.sum() + aux
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    return {"tokens_per_s": batch * seq / best, "step_s": best,
+            "params": sum(p.numel() for p in model.parameters())}

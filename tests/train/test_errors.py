@@ -1,0 +1,54 @@
+"""Mistakes a user can make get one line naming the problem, exit code 2, and no partial output."""
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from tests.train.conftest import TINY, train
+
+
+def run_cli(*flags, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "train.run", *flags], capture_output=True, text=True, cwd=cwd)
+    return p.returncode, p.stderr.strip().splitlines()
+
+
+def test_unknown_stage_is_one_line():
+    code, err = run_cli("--stage", "pretrian")
+    assert code != 0 and len(err) == 1 and "pretrian" in err[0] and "pretrain" in err[0]
+
+
+def test_missing_from_weight(tmp_path, sample_slices):
+    code, err = run_cli("--stage", "full_sft", "--out_dir", str(tmp_path), *TINY, "--from_weight", "nosuch",
+                        "--data_path", str(sample_slices["sft"]))
+    assert code == 2 and err[-1].startswith("error: --from_weight nosuch:") and "does not exist" in err[-1]
+    assert not (tmp_path / "full_sft_64").exists()
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path, sample_slices):
+    bad = tmp_path / "bad.jsonl"
+    rows = sample_slices["pretrain"].read_text().splitlines()[:5]
+    rows[2] = '{"text": "unterminated'
+    bad.write_text("\n".join(rows) + "\n")
+    code, err = run_cli("--stage", "pretrain", "--out_dir", str(tmp_path), *TINY, "--data_path", str(bad),
+                        "--batch_size", "2", "--max_seq_len", "32")
+    assert code == 2 and f"{bad}:3" in err[-1]
+    assert not (tmp_path / "pretrain_64").exists()
+
+
+def test_bad_mesh_flag(tmp_path, sample_slices):
+    code, err = run_cli("--stage", "pretrain", "--out_dir", str(tmp_path), *TINY, "--mesh", "data=3",
+                        "--data_path", str(sample_slices["pretrain"]))
+    assert code == 2 and "--mesh" in err[-1]
+
+
+def test_tokenizer_larger_than_the_model_vocab(monkeypatch):
+    from minimind_jax.tokenizer import Tokenizer
+    from train import stages
+    from train.args import parser, with_defaults
+    from train.engine import build_run
+    from train.stage import UsageError
+    monkeypatch.setattr(Tokenizer, "load", classmethod(lambda cls, path=None: SimpleNamespace(vocab_size=7000)))
+    args = with_defaults(parser().parse_args(["--stage", "pretrain", *TINY]), stages.get("pretrain").defaults)
+    with pytest.raises(UsageError, match="7000 ids but the model's vocab_size is 6400"):
+        build_run(stages.get("pretrain"), args)

@@ -1,0 +1,71 @@
+"""Every SFT-family stage trains on the embedded sample and its loss falls; `--stage all` runs end to end."""
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.train.conftest import losses_of, train
+
+SHAPE = ["--batch_size", "8", "--max_seq_len", "64", "--accumulation_steps", "1"]
+
+
+def falls(values: list[float], frac: float = 0.9) -> bool:
+    """The last quarter's mean is clearly below the first quarter's."""
+    q = max(1, len(values) // 4)
+    return np.mean(values[-q:]) < frac * np.mean(values[:q])
+
+
+def test_pretrain_loss_falls(tmp_path, sample_slices):
+    rec = train(tmp_path, "pretrain", "--data_path", str(sample_slices["pretrain"]), *SHAPE,
+                "--learning_rate", "3e-3", "--epochs", "4")
+    assert len(rec) == 16 and falls(losses_of(rec))
+    assert {"step", "epoch", "loss", "lr", "tokens_per_s", "ce", "aux_loss"} <= set(rec[0])
+    run_dir = tmp_path / "pretrain_64"
+    assert (run_dir / "weights.safetensors").exists() and (run_dir / "config.json").exists()
+    assert rec[0]["lr"] == pytest.approx(3e-3) and rec[-1]["lr"] < 3e-3
+
+
+@pytest.mark.parametrize("stage,data,lr,epochs", [
+    ("full_sft", "sft", "3e-3", 4),
+    ("lora", "lora_identity", "1e-2", 8),
+    ("reason", "reason", "3e-3", 8),
+    ("distillation", "sft", "3e-3", 4),
+])
+def test_sft_family_stage_loss_falls(tmp_path, pretrained, sample_slices, stage, data, lr, epochs):
+    out = tmp_path / "out"
+    shutil.copytree(pretrained, out)
+    extra = ["--from_weight", "full_sft"] if stage != "full_sft" else ["--from_weight", "pretrain"]
+    if stage == "distillation":   # the tiny pipeline's teacher is the full_sft model of the same size
+        extra += ["--teacher_hidden_size", "64", "--teacher_num_layers", "2"]
+    rec = train(out, stage, "--data_path", str(sample_slices[data]), *SHAPE, "--learning_rate", lr,
+                "--epochs", str(epochs), *extra)
+    assert falls(losses_of(rec)), losses_of(rec)
+    if stage == "distillation":
+        assert "distill" in rec[0] and rec[0]["distill"] >= 0
+
+
+def test_lora_saves_only_the_adapters(tmp_path, pretrained, sample_slices):
+    from safetensors.numpy import load_file
+    out = tmp_path / "out"
+    shutil.copytree(pretrained, out)
+    train(out, "lora", "--data_path", str(sample_slices["lora_identity"]), *SHAPE, "--max_steps", "2",
+          "--lora_name", "lora_test")
+    names = load_file(str(out / "lora_test_64" / "weights.safetensors"))
+    assert names and all(".lora." in k for k in names)
+
+
+def test_dpo_loss_starts_at_log2_and_falls(tmp_path, pretrained, sample_slices):
+    out = tmp_path / "out"
+    shutil.copytree(pretrained, out)
+    rec = train(out, "dpo", "--data_path", str(sample_slices["dpo"]), "--batch_size", "4", "--max_seq_len", "96",
+                "--learning_rate", "1e-3", "--epochs", "4", "--from_weight", "full_sft")
+    assert rec[0]["dpo_loss"] == pytest.approx(np.log(2), abs=1e-5)   # the policy starts equal to the reference
+    assert falls(losses_of(rec, "dpo_loss"))
+
+
+def test_stage_all_runs_end_to_end(tmp_path):
+    from train.run import main
+    main(["--stage", "all", "--preset", "tiny", "--max_steps", "2", "--out_dir", str(tmp_path),
+          "--batch_size", "4", "--max_seq_len", "64", "--dtype", "float32"])
+    for name in ("pretrain", "full_sft", "lora_identity", "full_dist", "dpo", "reason"):
+        assert (tmp_path / f"{name}_64" / "weights.safetensors").exists(), name

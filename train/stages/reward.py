@@ -1,0 +1,97 @@
+"""Reward model: the MiniMind backbone with a scalar head, trained with the Bradley–Terry loss on preference
+pairs (the DPO jsonl): `-log sigmoid(score(chosen) - score(rejected))`.
+
+Every tenth pair is held out; after training, the pairwise accuracy on them goes to eval.json. The saved weights
+are the backbone under the reference's names plus `score_head.weight` / `score_head.bias`; RL stages load them
+with `--reward_model reward`.
+"""
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors.numpy import load_file
+
+import losses
+from minimind_jax import MiniMindConfig, MiniMindRewardModel
+from minimind_jax.convert import params_from_torch, params_to_torch
+from minimind_jax.data import SAMPLE_DIR, DPODataset
+from minimind_jax.heads import init_head_params
+from train.batches import Rows, held_out_split
+from train.stage import Stage, load_or_init
+
+HEAD = "score_head"
+
+
+def dataset(path, tokenizer, max_seq_len, **kwargs):
+    full = DPODataset(path, tokenizer, max_seq_len, **kwargs)
+    return Rows(full, held_out_split(len(full))[0])
+
+
+def init(run, rng):
+    return init_head_params(load_or_init(run, rng), MiniMindRewardModel(run.cfg), rng), {}
+
+
+def pair_scores(model, params, batch):
+    """(chosen, rejected) scores [B] each, from one forward over [chosen; rejected]."""
+    ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]])      # [2B, T]
+    scores = model.apply({"params": params}, ids, (ids != 0).astype(jnp.int32))           # [2B]
+    B = ids.shape[0] // 2
+    return scores[:B], scores[B:]
+
+
+def make_loss(run):
+    model = MiniMindRewardModel(run.cfg, policy=run.model.policy)
+
+    def loss_fn(params, batch, rng, frozen, extra):
+        chosen, rejected = pair_scores(model, params, batch)
+        loss, metrics = losses.bradley_terry_loss(chosen, rejected)
+        return loss, {"loss": loss, **metrics}
+
+    return loss_fn
+
+
+def evaluate(run, state, frozen) -> dict:
+    """Pairwise accuracy and mean margin on the held-out pairs."""
+    a = run.args
+    full = DPODataset(Path(a.data_path) if a.data_path else SAMPLE_DIR / STAGE.data_file, run.tokenizer,
+                      a.max_seq_len, skip_bad_lines=a.skip_bad_lines, cache_dir=a.cache_dir)
+    held = held_out_split(len(full))[1]
+    model = MiniMindRewardModel(run.cfg, policy=run.model.policy)
+    scores = jax.jit(lambda p, b: pair_scores(model, p, b))
+    params = jax.device_get(state.params)
+    margins = []
+    for i in range(0, len(held), a.batch_size):
+        chosen, rejected = scores(params, full.batch(held[i:i + a.batch_size]))
+        margins.append(np.asarray(chosen - rejected))
+    margins = np.concatenate(margins) if margins else np.zeros(0)
+    return {"heldout_pairs": float(len(margins)), "heldout_accuracy": float(np.mean(margins > 0)),
+            "heldout_margin": float(np.mean(margins))}
+
+
+def export(run, params, frozen) -> dict:
+    head = params[HEAD]
+    return {**params_to_torch({"model": params["model"]}, run.cfg),
+            f"{HEAD}.weight": np.asarray(head["kernel"]).T, f"{HEAD}.bias": np.asarray(head["bias"])}
+
+
+def load_reward_model(path, cfg: MiniMindConfig):
+    """(module, params) of a reward model saved by this stage."""
+    tensors = load_file(str(path))
+    head = {"kernel": tensors.pop(f"{HEAD}.weight").astype(np.float32).T,
+            "bias": tensors.pop(f"{HEAD}.bias").astype(np.float32)}
+    backbone = params_from_torch({k: v.astype(np.float32) for k, v in tensors.items()}, cfg)
+    return MiniMindRewardModel(cfg), {"model": backbone["model"], HEAD: head}
+
+
+STAGE = Stage(
+    name="reward",
+    defaults=dict(learning_rate=1e-5, batch_size=8, accumulation_steps=1, max_seq_len=512, epochs=1,
+                  from_weight="full_sft", save_weight="reward"),
+    data_file="dpo.jsonl",
+    dataset=dataset,
+    make_loss=make_loss,
+    init=init,
+    export=export,
+    evaluate=evaluate,
+)
