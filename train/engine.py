@@ -7,6 +7,8 @@ and the stage's state live in the checkpointed TrainState.
 import dataclasses
 import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -131,10 +133,21 @@ def setup(stage: Stage, args) -> Session:
     frozen = jax.device_put(frozen, state_sharding(frozen, mesh))
     if args.from_resume:
         state = _restore(run, state, A * B)
+    else:
+        _clear_checkpoints(run)
     update_extra = stage.update_extra(run) if stage.update_extra else None
     step_fn = jax.jit(make_train_step(stage.make_loss(run), tx, update_extra), donate_argnums=0,
                       out_shardings=(state_shardings, replicated(mesh)))
     return Session(stage, run, dataset, state, frozen, step_fn, schedule, steps_per_epoch, total_steps, stop)
+
+
+def _clear_checkpoints(run: Run) -> None:
+    """A fresh run replaces an earlier run's checkpoints (as the reference overwrites its resume file), so that a
+    later --from_resume 1 can never continue a mixture of two runs."""
+    ckpt = run.run_dir / "checkpoints"
+    if jax.process_index() == 0 and ckpt.exists() and any(ckpt.iterdir()):
+        print(f"starting afresh (--from_resume 0): removing the earlier run's checkpoints in {ckpt}")
+        shutil.rmtree(ckpt)
 
 
 def _restore(run: Run, state: TrainState, global_batch: int) -> TrainState:
@@ -160,7 +173,7 @@ def train(stage: Stage, args) -> Session:
                      tracker="wandb" if args.use_wandb else None, run_name=run.run_dir.name,
                      config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))})
     bar = tqdm(total=s.stop, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
+               disable=jax.process_index() != 0 or not sys.stderr.isatty())   # logs get the summary lines only
     tokens_per_step = args.accumulation_steps * args.batch_size * (args.max_seq_len - 1)
     step, t_last, s_last = start, time.perf_counter(), start
     while step < s.stop:
