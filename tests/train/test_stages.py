@@ -69,3 +69,19 @@ def test_stage_all_runs_end_to_end(tmp_path):
           "--batch_size", "4", "--max_seq_len", "64", "--dtype", "float32"])
     for name in ("pretrain", "full_sft", "lora_identity", "full_dist", "dpo", "reason"):
         assert (tmp_path / f"{name}_64" / "weights.safetensors").exists(), name
+
+
+def test_reward_model_trains_saves_and_loads(tmp_path, pretrained, sample_slices):
+    import json
+    from minimind_jax import MiniMindConfig
+    from train.stages.reward import load_reward_model
+    out = tmp_path / "out"
+    shutil.copytree(pretrained, out)
+    rec = train(out, "reward", "--data_path", str(sample_slices["dpo"]), "--batch_size", "4", "--max_seq_len", "96",
+                "--learning_rate", "1e-3", "--epochs", "6", "--from_weight", "full_sft")
+    assert falls(losses_of(rec)) and {"accuracy", "margin"} <= set(rec[0])
+    report = json.loads((out / "reward_64" / "eval.json").read_text())
+    assert report["heldout_pairs"] == 1 and 0 <= report["heldout_accuracy"] <= 1     # row 9 of 16 is held out
+    model, params = load_reward_model(out / "reward_64" / "weights.safetensors", MiniMindConfig.from_preset("tiny"))
+    ids = np.array([[1, 5, 9, 2, 0, 0]], np.int32)
+    assert np.isfinite(np.asarray(model.apply({"params": params}, ids, (ids != 0).astype(np.int32)))).all()

@@ -12,7 +12,7 @@ import losses
 from minimind_jax import MiniMindCritic
 from minimind_jax.convert import params_to_torch
 from minimind_jax.data import RLAIFDataset
-from minimind_jax.heads import init_head_params
+from minimind_jax.heads import init_head_params, last_token_index
 from train import optim
 from train.rl import rollout_batch
 from train.rollout import policy_logps
@@ -51,7 +51,7 @@ def make_loss(run):
         m = batch["completion_mask"].astype(jnp.float32)
         seq_sum = lambda lp: jnp.sum(lp * m, axis=-1)                                    # [N]
         values = critic.apply({"params": params["critic"]}, batch["sequences"], batch["attention_mask"])  # [N, T]
-        last = batch["attention_mask"].shape[1] - 1 - jnp.argmax(batch["attention_mask"][:, ::-1], axis=1)
+        last = last_token_index(batch["attention_mask"])                                  # [N]
         value = jnp.take_along_axis(values, last[:, None], axis=1)[:, 0]                 # at the last real token
         total, metrics = losses.ppo_loss(seq_sum(logps), seq_sum(batch["old_logps"]), seq_sum(batch["ref_logps"]),
                                          value, batch["rewards"], a.clip_epsilon, a.vf_coef, a.kl_coef)
