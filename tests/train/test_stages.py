@@ -67,7 +67,8 @@ def test_stage_all_runs_end_to_end(tmp_path):
     from train.run import main
     main(["--stage", "all", "--preset", "tiny", "--max_steps", "2", "--out_dir", str(tmp_path),
           "--batch_size", "4", "--max_seq_len", "64", "--dtype", "float32"])
-    for name in ("pretrain", "full_sft", "lora_identity", "full_dist", "dpo", "reason"):
+    for name in ("pretrain", "full_sft", "lora_identity", "full_dist", "dpo", "reason", "reward", "ppo_actor",
+                 "grpo", "spo"):
         assert (tmp_path / f"{name}_64" / "weights.safetensors").exists(), name
 
 
