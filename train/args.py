@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     add("--critic_learning_rate", type=float, default=8e-8)
     add("--update_old_actor_freq", type=int, default=4)
     add("--kl_estimator", default="k3", choices=["k3", "k1"])
+    add("--spo_mode", default="minimind", choices=["minimind", "paper"],
+        help="SPO: the reference's one global tracker, or the paper's per-prompt trackers, prioritised prompts and "
+             "PPO-clip (train/spo_paper.py)")
+    add("--spo_init_samples", type=int, default=0,
+        help="SPO paper: completions per prompt sampled before training to set each prompt's prior (0: Beta(.5, .5))")
+    add("--spo_rho_min", type=float, default=0.875, help="SPO paper: lower clip of the forgetting rate rho")
     return p
 
 

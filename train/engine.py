@@ -22,6 +22,7 @@ from minimind_jax.data import SAMPLE_DIR, epoch_permutation, num_batches
 from minimind_jax.tokenizer import Tokenizer
 from train import checkpoint, optim
 from train.batches import split_batch, step_rows
+from train.distributed import host_copy
 from train.mesh import make_mesh, replicated, state_sharding, to_global
 from train.metrics import MetricsLog, summary
 from train.stage import Run, Stage, UsageError, weight_dir
@@ -67,9 +68,10 @@ def _check_batch(args, mesh):
 
 def _write_export(run: Run, stage: Stage, state: TrainState, frozen) -> None:
     """weights.safetensors (reference names, fp16) and config.json, written whole or not at all (process 0)."""
+    params = host_copy(state.params)      # on every process: a collective when FSDP splits params across hosts
     if jax.process_index() != 0:
         return
-    tensors = stage.export(run, jax.device_get(state.params), frozen)
+    tensors = stage.export(run, params, frozen)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run.run_dir / "weights.safetensors.tmp"
     save_file({k: np.ascontiguousarray(v, np.float16) for k, v in tensors.items()}, str(tmp))

@@ -1,23 +1,29 @@
-"""Devices as a `Mesh(data, fsdp)`: the batch is split over both axes, params are replicated over `data` and
-(for bigger presets) sharded over `fsdp`. The same program runs on 1 CPU, 8 GPUs or a pod slice."""
+"""Devices as a `Mesh(data, fsdp[, expert])`: the batch is split over every axis, params are replicated over `data`,
+split over `fsdp` (bigger presets), and MoE experts may live on their own `expert` axis. The same program runs on
+1 CPU, 8 GPUs or a pod slice; GSPMD inserts the collectives (all-gather before a sharded weight is used,
+reduce-scatter of its gradient, all-reduce of the replicated ones).
+"""
 import math
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ("data", "fsdp")
-BATCH_AXES = ("data", "fsdp")  # FSDP is data parallel too: every device sees its own rows
+AXES = ("data", "fsdp", "expert")
+MIN_SHARDED = 2**14      # leaves smaller than this stay replicated: a collective per tiny bias costs more than it saves
 
 
 def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
-    """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}; None or '' puts every device on `data`; one size may be -1."""
+    """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}; None or '' puts every device on `data`; one size may be -1.
+
+    The `expert` axis exists only when named ('data=2,expert=4'), so a dense run's mesh is always (data, fsdp).
+    """
     sizes = {"data": -1, "fsdp": 1}
     for part in filter(None, (spec or "").split(",")):
-        name, _, value = part.partition("=")
-        if name.strip() not in sizes or not value.strip().lstrip("-").isdigit():
+        name, _, value = (s.strip() for s in part.partition("="))
+        if name not in AXES or not value.lstrip("-").isdigit():
             raise ValueError(f"--mesh {spec!r}: expected e.g. 'data=2,fsdp=4' with axes {AXES}")
-        sizes[name.strip()] = int(value)
+        sizes[name] = int(value)
     known = math.prod(v for v in sizes.values() if v != -1)
     for name, v in sizes.items():
         if v == -1:
@@ -28,9 +34,11 @@ def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(spec: str | None = None, devices=None) -> Mesh:
+    """Devices in jax.devices() order, which groups each process's devices: a process's rows are then one
+    contiguous block of the global batch (what `to_global` assumes)."""
     devices = jax.devices() if devices is None else devices
     sizes = parse_mesh(spec, len(devices))
-    return Mesh(np.asarray(devices).reshape(sizes["data"], sizes["fsdp"]), AXES)
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), tuple(sizes))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -38,24 +46,46 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 1) -> NamedSharding:
-    """Rows split over every device; leaves are [A, B, ...] (micro-batch axis first) unless batch_axis=0."""
-    return NamedSharding(mesh, P(*([None] * batch_axis), BATCH_AXES))
+    """Rows split over every device (every axis is data parallel for activations); leaves are [A, B, ...]
+    (micro-batch axis first) unless batch_axis=0."""
+    return NamedSharding(mesh, P(*([None] * batch_axis), mesh.axis_names))
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
-    """Shard the largest dimension that `fsdp` divides; small or indivisible leaves stay replicated."""
-    if fsdp == 1 or math.prod(shape) < 2**14:
-        return P()
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % fsdp == 0:
-            return P(*([None] * dim), "fsdp")
-    return P()
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, taken: tuple = ()) -> P:
+    """Shard the largest dimension that `fsdp` divides (skipping dims already `taken` by another axis); small or
+    indivisible leaves stay replicated."""
+    spec = [None] * len(shape)
+    for dim, axis in taken:
+        spec[dim] = axis
+    if fsdp > 1 and math.prod(shape) >= MIN_SHARDED:
+        free = [d for d in range(len(shape)) if spec[d] is None]
+        for dim in sorted(free, key=lambda d: -shape[d]):
+            if shape[dim] % fsdp == 0:
+                spec[dim] = "fsdp"
+                break
+    while spec and spec[-1] is None:        # P('fsdp') rather than P('fsdp', None): one spelling per layout
+        spec.pop()
+    return P(*spec)
+
+
+def is_expert_leaf(path) -> bool:
+    """Stacked routed-expert weights [E, ...] live under a module named `experts` (in params and in the optimizer
+    state, whose moments mirror the params' paths)."""
+    return any(getattr(k, "key", None) == "experts" for k in path)
+
+
+def param_spec(path, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """A param's (or optimizer moment's) layout: experts over `expert` on their leading dim, then `fsdp`."""
+    expert = mesh.shape.get("expert", 1)
+    taken = ((0, "expert"),) if expert > 1 and is_expert_leaf(path) and shape and shape[0] % expert == 0 else ()
+    return fsdp_spec(shape, mesh.shape["fsdp"], taken)
 
 
 def state_sharding(tree, mesh: Mesh):
-    """Shardings for params / optimizer state: replicated over `data`, split over `fsdp`."""
-    fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), fsdp)), tree)
+    """Shardings for params / optimizer state / frozen copies: replicated over `data`, split over `fsdp` (and
+    `expert`). Leaves are matched by path, so Adam's mu and nu get their param's layout."""
+    return jax.tree_util.tree_map_with_path(lambda path, x: NamedSharding(mesh, param_spec(path, np.shape(x), mesh)),
+                                            tree)
 
 
 def to_global(local_batch: dict, mesh: Mesh, batch_axis: int = 1) -> dict:

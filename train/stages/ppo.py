@@ -21,7 +21,8 @@ from train.stage import Stage, load_or_init, rl_schedule
 
 def init(run, rng):
     actor = load_or_init(run, rng)
-    critic = init_head_params(actor, MiniMindCritic(run.cfg), rng)
+    # The critic starts from the actor's backbone but is its own copy: the state's buffers are donated each step.
+    critic = jax.tree.map(jnp.copy, init_head_params(actor, MiniMindCritic(run.cfg), rng))
     return {"actor": actor, "critic": critic}, {"ref": jax.tree.map(jnp.copy, actor)}
 
 

@@ -3,12 +3,14 @@
 A = clip(r - (b * 6 - 3), -5, 5) with b = alpha / (alpha + beta) read before the update; per-token loss
 `-logp * A + beta * KL`. The tracker only needs the rewards and the sampling policy's log-probs, so the
 sequential per-micro-batch updates are computed once at rollout time (advantages) and again inside the jitted
-step (the new tracker, which is checkpointed with the rest of the state).
+step (the new tracker, which is checkpointed with the rest of the state). `--spo_mode paper` swaps in the paper's
+algorithm, train/spo_paper.py.
 """
 import jax
 
 import losses
 from minimind_jax.data import RLAIFDataset
+from train import spo_paper
 from train.rl import rollout_batch
 from train.rollout import policy_logps
 from train.stage import Stage, rl_schedule
@@ -59,6 +61,11 @@ def update_extra(run):
     return update
 
 
+def by_mode(minimind, paper):
+    """A stage hook that is the reference's, or the paper's with `--spo_mode paper`."""
+    return lambda run, *args: (paper if run.args.spo_mode == "paper" else minimind)(run, *args)
+
+
 STAGE = Stage(
     name="spo",
     defaults=dict(learning_rate=1e-7, batch_size=2, accumulation_steps=4, max_seq_len=66, max_gen_len=1536,
@@ -66,10 +73,10 @@ STAGE = Stage(
                   save_weight="spo"),
     data_file="rlaif.jsonl",
     dataset=RLAIFDataset,
-    make_loss=make_loss,
+    make_loss=by_mode(make_loss, spo_paper.make_loss),
     init=init,
-    init_extra=lambda run, params, frozen: {"tracker": losses.spo_tracker_init()},
+    init_extra=by_mode(lambda run, params, frozen: {"tracker": losses.spo_tracker_init()}, spo_paper.init_extra),
     schedule=rl_schedule,
-    prepare=prepare,
-    update_extra=update_extra,
+    prepare=by_mode(prepare, spo_paper.prepare),
+    update_extra=by_mode(update_extra, spo_paper.update_extra),
 )

@@ -1,0 +1,171 @@
+"""Talk to a MiniMind model, like the reference's eval script: the chat template applied, answers streamed.
+
+    python -m minimind_jax.chat --weight full_sft --prompt "What is 3 + 4?"      # one shot
+    python -m minimind_jax.chat --weight out/full_sft_512                         # interactive (empty line quits)
+    python -m minimind_jax.chat --weight none --preset tiny --prompt "hi"         # a random model, for a smoke test
+
+--weight takes a stage name (<out_dir>/<name>_<hidden>[_moe]/weights.safetensors, the trainer's layout), a run
+directory, a .safetensors file, a reference .pth (needs torch), or `none`. A config.json beside the weights wins
+over --preset.
+"""
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from minimind_jax.config import MiniMindConfig
+from minimind_jax.convert import load_weights, read_state_dict
+from minimind_jax.generate import decoding_model, sample_token
+from minimind_jax.lora import lora_from_torch, merge_lora
+from minimind_jax.model import KVCache, MiniMindForCausalLM
+from minimind_jax.precision import get_policy
+from minimind_jax.tokenizer import Tokenizer
+
+PROMPT_BUCKET = 64      # prompts are left-padded to a multiple of this: one compiled prefill per bucket
+
+
+def weights_path(weight: str, out_dir: str, cfg: MiniMindConfig) -> Path:
+    """A stage name, a run directory or a file -> the weights file (FileNotFoundError naming what was tried)."""
+    path = Path(weight)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        path = path / "weights.safetensors"
+    elif path.suffix not in (".safetensors", ".pth"):
+        path = Path(out_dir) / f"{weight}_{cfg.hidden_size}{'_moe' if cfg.use_moe else ''}" / "weights.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"--weight {weight}: {path} does not exist (train that stage first, or pass a path)")
+    return path
+
+
+def load_model(args) -> tuple[MiniMindForCausalLM, dict]:
+    cfg = MiniMindConfig.from_preset(args.preset, **{k: v for k, v in (("hidden_size", args.hidden_size),
+                                                                        ("num_hidden_layers", args.num_hidden_layers),
+                                                                        ("use_moe", args.use_moe)) if v is not None})
+    model = MiniMindForCausalLM(cfg, get_policy(args.dtype))
+    if args.weight == "none":
+        return model, jax.jit(model.init)(jax.random.key(args.seed), jnp.zeros((1, 8), jnp.int32))["params"]
+    path = weights_path(args.weight, args.out_dir, cfg)
+    if (path.parent / "config.json").exists():                   # the weights' own config
+        cfg = MiniMindConfig.from_json((path.parent / "config.json").read_text())
+        model = MiniMindForCausalLM(cfg, get_policy(args.dtype))
+    params = load_weights(path, cfg)
+    if args.lora_weight:
+        lora_path = weights_path(args.lora_weight, args.out_dir, cfg)
+        params = merge_lora(params, lora_from_torch(read_state_dict(lora_path), params, cfg, source=str(lora_path)))
+    return model, params
+
+
+@partial(jax.jit, static_argnames=("model", "length"))
+def _prefill(model, params, ids, mask, *, length):
+    """Run the prompt [1, P] into a fresh cache of `length` slots; -> (last logits [1, V], cache)."""
+    out = model.apply({"params": params}, ids, mask, cache=KVCache.create(model.cfg, 1, length,
+                                                                          model.policy.compute_dtype))
+    return out.logits[:, -1], out.cache
+
+
+_sample = jax.jit(sample_token, static_argnames=("temperature", "top_k", "top_p"))
+
+
+@partial(jax.jit, static_argnames=("model",))
+def _step(model, params, token, cache):
+    out = model.apply({"params": params}, token[:, None], cache=cache)
+    return out.logits[:, -1], out.cache
+
+
+def stream(model, params, prompt_ids: list[int], *, rng, max_new_tokens: int, temperature: float, top_k: int = 0,
+           top_p: float = 1.0, eos_token_id: int = 2):
+    """Yield completion token ids one at a time (eos not included). Same model and sampling as `generate`."""
+    model = decoding_model(model, params)
+    P = -(-len(prompt_ids) // PROMPT_BUCKET) * PROMPT_BUCKET
+    ids = np.zeros((1, P), np.int32)
+    ids[0, P - len(prompt_ids):] = prompt_ids                    # left padding: the prompt ends at position P - 1
+    mask = (np.arange(P) >= P - len(prompt_ids)).astype(np.int32)[None]
+    logits, cache = _prefill(model, params, jnp.asarray(ids), jnp.asarray(mask), length=P + max_new_tokens)
+    token = None
+    for _ in range(max_new_tokens):
+        if token is not None:
+            logits, cache = _step(model, params, token, cache)
+        rng, key = jax.random.split(rng)
+        token = _sample(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
+        if int(token[0]) == eos_token_id:
+            return
+        yield int(token[0])
+
+
+def reply(model, params, tokenizer: Tokenizer, messages: list[dict], args, rng, out=sys.stdout) -> str:
+    """Stream one assistant turn to `out` and return its text."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = tokenizer.encode(text)[-args.max_seq_len:]
+    ids, shown = [], ""
+    for t in stream(model, params, prompt, rng=rng, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, eos_token_id=tokenizer.eos_id):
+        ids.append(t)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):                          # wait for the rest of a multi-byte character
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    out.write(tokenizer.decode(ids, skip_special_tokens=True)[len(shown):] + "\n")
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minimind_jax.chat", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weight", default="full_sft", help="stage name, run dir, .safetensors, .pth, or none")
+    p.add_argument("--lora_weight", default=None, help="LoRA adapters to merge (stage name, run dir or file)")
+    p.add_argument("--out_dir", default="out")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "base", "moe"])
+    p.add_argument("--hidden_size", type=int, default=None)
+    p.add_argument("--num_hidden_layers", type=int, default=None)
+    p.add_argument("--use_moe", type=lambda s: bool(int(s)), default=None)
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir or file (default: the embedded one)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prompt", default=None, help="one question, answered once; without it, an interactive loop")
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--max_seq_len", type=int, default=1024, help="prompt tokens kept (the most recent)")
+    p.add_argument("--temperature", type=float, default=0.85)
+    p.add_argument("--top_p", type=float, default=0.85)
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--history_cnt", type=int, default=0, help="previous turns kept in the prompt (even number)")
+    p.add_argument("--seed", type=int, default=42)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        tokenizer = Tokenizer.load(args.tokenizer)
+        model, params = load_model(args)
+    except (OSError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rng = jax.random.key(args.seed)
+    history: list[dict] = []
+    while True:
+        if args.prompt is not None:
+            question = args.prompt
+        else:
+            try:
+                question = input("user: ").strip()
+            except EOFError:
+                break
+            if not question:
+                break
+        messages = (history[-args.history_cnt:] if args.history_cnt else []) + [{"role": "user", "content": question}]
+        rng, key = jax.random.split(rng)
+        print("assistant: ", end="", flush=True)
+        answer = reply(model, params, tokenizer, messages, args, key)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if args.prompt is not None:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Scalar heads on the MiniMind backbone: the PPO critic (a value per position) and the reward model (a score per row).
+
+Both keep the backbone under 'model', so they start from a language model's weights with `init_head_params`.
+"""
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from minimind_jax.config import MiniMindConfig
+from minimind_jax.model import MiniMindModel
+from minimind_jax.precision import POLICIES, Policy
+
+F32 = jnp.float32
+
+
+def scalar_head(name: str, policy: Policy) -> nn.Dense:
+    """Linear(hidden, 1) with bias, in float32 (values and scores feed losses directly)."""
+    return nn.Dense(1, dtype=F32, param_dtype=policy.param_dtype, name=name)
+
+
+class MiniMindCritic(nn.Module):
+    """values[b, t] = value_head(final-normed hidden[b, t]).
+
+    The reference applies the final RMSNorm a second time before its value head; this critic normalises once
+    (SPEC.md §1).
+    """
+    cfg: MiniMindConfig
+    policy: Policy = POLICIES["fp32"]
+    head_name: ClassVar[str] = "value_head"
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, train: bool = False):
+        hidden, _, _ = MiniMindModel(self.cfg, self.policy, name="model")(input_ids, attention_mask, train)
+        return scalar_head(self.head_name, self.policy)(hidden.astype(F32))[..., 0]     # [B, T] float32
+
+
+def last_token_index(attention_mask):
+    """Index of each row's last non-pad token, [B] (left or right padding)."""
+    T = attention_mask.shape[1]
+    return T - 1 - jnp.argmax(attention_mask[:, ::-1] > 0, axis=1)
+
+
+class MiniMindRewardModel(nn.Module):
+    """scores[b] = score_head(final-normed hidden at row b's last non-pad token)."""
+    cfg: MiniMindConfig
+    policy: Policy = POLICIES["fp32"]
+    head_name: ClassVar[str] = "score_head"
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, train: bool = False):
+        hidden, _, _ = MiniMindModel(self.cfg, self.policy, name="model")(input_ids, attention_mask, train)  # [B, T, H]
+        if attention_mask is None:
+            last = hidden[:, -1]
+        else:
+            idx = last_token_index(attention_mask)
+            last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]          # [B, H]
+        return scalar_head(self.head_name, self.policy)(last.astype(F32))[:, 0]          # [B] float32
+
+
+def init_head_params(lm_params, head_module: MiniMindCritic | MiniMindRewardModel, rng: jax.Array) -> dict:
+    """{'model': the LM's backbone arrays (shared, not copied), <head_name>: a freshly initialised head}."""
+    head = scalar_head(head_module.head_name, head_module.policy)
+    head_params = head.init(rng, jnp.zeros((1, head_module.cfg.hidden_size), F32))["params"]
+    return {"model": lm_params["model"], head_module.head_name: head_params}

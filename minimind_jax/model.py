@@ -1,0 +1,416 @@
+"""MiniMind, the reference's LLaMA-style decoder, in Flax Linen (SPEC.md §1).
+
+    x = dropout(embed(ids))
+    per layer:  h = x + attn(rmsnorm(x));  x = h + ffn(rmsnorm(h))       (pre-norm)
+    logits = rmsnorm(x) @ embed^T                                       (tied lm_head)
+
+Attention is GQA with rotate-half RoPE (optionally YaRN-scaled); the FFN is SwiGLU or a routed MoE whose experts
+are stacked arrays. Every matmul flattens its operand to 2-D and accumulates in float32 (PERF_NOTES.md).
+
+Positions are absolute indices into the (left-padded) input: a full forward over a generated sequence reproduces
+the logits seen while decoding it token by token with the KV cache (SPEC.md §7, trap 1).
+"""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from minimind_jax.config import MiniMindConfig
+from minimind_jax.precision import POLICIES, Policy
+
+F32 = jnp.float32
+init_normal = nn.initializers.normal(0.02)
+
+
+@struct.dataclass
+class CausalLMOutput:
+    logits: jax.Array                    # [B, T, V] output dtype (float32)
+    aux_loss: jax.Array                  # scalar float32: MoE load balance, 0 unless train and use_moe
+    hidden_states: jax.Array | None = None   # [B, T, H] final-normed, when return_hidden
+    cache: "KVCache | None" = None           # the updated cache, when one was passed
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every position written so far, one [B, KV, S, HD] pair per layer.
+
+    `mask[b, s]` is 1 where slot s holds a real (not padding) token; `index` is the number of slots written,
+    i.e. the absolute position of the next token.
+    """
+    k: tuple[jax.Array, ...]             # L x [B, KV, S, HD]
+    v: tuple[jax.Array, ...]             # L x [B, KV, S, HD]
+    mask: jax.Array                      # int32 [B, S]
+    index: jax.Array                     # int32 scalar
+
+    @classmethod
+    def create(cls, cfg: MiniMindConfig, batch: int, length: int, dtype=F32) -> "KVCache":
+        shape = (batch, cfg.num_key_value_heads, length, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
+        return cls(k=zeros, v=zeros, mask=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+
+# ---- building blocks ---------------------------------------------------------------------------------------------
+
+def matmul(x, kernel, policy: Policy):
+    """x @ kernel over x's last axis: [..., K] x [K, N] -> [..., N] in the compute dtype.
+
+    Flattened to one 2-D dot (3-D dot_general is slow on XLA:CPU) that accumulates in float32, which is also
+    what makes bf16 take the fast path on this CPU (PERF_NOTES.md).
+    """
+    cd = policy.compute_dtype
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(cd), kernel.astype(cd), preferred_element_type=F32)
+    return y.astype(cd).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+class Linear(nn.Module):
+    """Bias-free projection; `kernel` is [in, out] (torch stores the transpose)."""
+    features: int
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x):                                       # [..., in] -> [..., features]
+        kernel = self.param("kernel", init_normal, (x.shape[-1], self.features), self.policy.param_dtype)
+        return matmul(x, kernel, self.policy)
+
+
+class Kernel(nn.Module):
+    """Owns a bare kernel (a router [in, out], or stacked experts [E, in, out]); calling it returns it in the
+    compute dtype."""
+    shape: tuple[int, ...]
+    policy: Policy
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", init_normal, self.shape, self.policy.param_dtype).astype(self.policy.compute_dtype)
+
+
+class RMSNorm(nn.Module):
+    """w * x / sqrt(mean(x^2) + eps), normalised in float32 and cast back before the weight (as the reference)."""
+    eps: float
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.policy.param_dtype)
+        x32 = x.astype(F32)
+        normed = (x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)).astype(x.dtype)
+        return weight.astype(x.dtype) * normed
+
+
+def rope_frequencies(cfg: MiniMindConfig) -> tuple[np.ndarray, float]:
+    """inv_freq[i] = theta^(-2i/head_dim), [head_dim/2], and the attention factor (YaRN, SPEC.md §1).
+
+    YaRN (inference_rope_scaling) slows the low-frequency dimensions by `factor` with a linear ramp between the
+    dimensions that turn `beta_fast` and `beta_slow` times over the original 2048 positions.
+    """
+    d, theta = cfg.head_dim, cfg.rope_theta
+    inv_freq = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float32)[: d // 2] / d)
+    attention_factor = 1.0
+    if cfg.inference_rope_scaling:
+        orig_max, factor, beta_fast, beta_slow, attention_factor = 2048, 16.0, 32.0, 1.0, 1.0
+        if cfg.max_position_embeddings / orig_max > 1.0:
+            inv_dim = lambda b: d * math.log(orig_max / (b * 2 * math.pi)) / (2 * math.log(theta))
+            low = max(math.floor(inv_dim(beta_fast)), 0)
+            high = min(math.ceil(inv_dim(beta_slow)), d // 2 - 1)
+            ramp = np.clip((np.arange(d // 2, dtype=np.float32) - low) / max(high - low, 0.001), 0, 1)
+            inv_freq = inv_freq * (1 - ramp + ramp / factor)
+    return inv_freq.astype(np.float32), attention_factor
+
+
+def rope_tables(positions, cfg: MiniMindConfig):
+    """cos, sin [T, head_dim] = [cos(t*f), cos(t*f)] (halves repeated: rotate-half layout), float32."""
+    inv_freq, attention_factor = rope_frequencies(cfg)
+    angles = positions.astype(F32)[:, None] * inv_freq[None, :]             # [T, HD/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)                      # [T, HD]
+    return jnp.cos(angles) * attention_factor, jnp.sin(angles) * attention_factor
+
+
+def apply_rope(x, cos, sin):
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] over the two halves of head_dim."""
+    x1, x2 = jnp.split(x, 2, axis=-1)                                        # [B, T, N, HD/2] each
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]                  # [1, T, 1, HD]
+    return (x.astype(F32) * cos + rotated.astype(F32) * sin).astype(x.dtype)
+
+
+def attention_bias(positions, key_mask, key_length: int):
+    """Additive float32 bias [B, T, S]: -inf on future keys (causal), -1e9 on padded keys (the reference's values).
+
+    Every query may see its own key, so no row is all -inf.
+    """
+    key_positions = lax.iota(jnp.int32, key_length)                          # [S]
+    causal = jnp.where(key_positions[None, :] <= positions[:, None], 0.0, -jnp.inf).astype(F32)   # [T, S]
+    if key_mask is None:
+        return causal[None]                                                  # [1, T, S]
+    padding = jnp.where(key_mask > 0, 0.0, -1e9).astype(F32)                 # [B, S]
+    return causal[None] + padding[:, None, :]                                # [B, T, S]
+
+
+@jax.custom_vjp
+def grouped_attention(q, k, v, bias, dropout_mask):
+    """softmax(q k^T + bias) v per kv group: q [B, KV, R*T, HD] (pre-scaled), k/v [B, KV, S, HD], bias [B|1, T, S],
+    dropout_mask None or [B, KV, R*T, S] of 0 and 1/keep -> [B, KV, R*T, HD].
+
+    The R = heads/kv_heads query heads that share a kv head are stacked along the query axis, so both products are
+    plain batched matmuls with no repeated keys (faster than a 5-D einsum, PERF_NOTES.md). Scores and softmax are
+    float32; products take the operands' dtype and accumulate in float32.
+    """
+    return _attention_fwd(q, k, v, bias, dropout_mask)[0]
+
+
+def _softmax_probs(q, k, bias):
+    B, KV, RT, _ = q.shape
+    T, S = bias.shape[-2], k.shape[2]
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=F32)              # [B, KV, R*T, S]
+    scores = scores.reshape(B, KV, RT // T, T, S) + bias[:, None, None]
+    scores = scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    e = jnp.exp(scores)
+    return (e / jnp.sum(e, axis=-1, keepdims=True)).reshape(B, KV, RT, S)
+
+
+def _attention_fwd(q, k, v, bias, dropout_mask):
+    probs = _softmax_probs(q, k, bias)                                                     # f32 [B, KV, R*T, S]
+    kept = probs if dropout_mask is None else probs * dropout_mask
+    out = jnp.einsum("bkqs,bksd->bkqd", kept.astype(v.dtype), v, preferred_element_type=F32).astype(q.dtype)
+    return out, (q, k, v, probs, dropout_mask, out)
+
+
+def _attention_bwd(res, d_out):
+    """The softmax backward without materialising its Jacobian: dS = P * (dP - rowsum(dO * O)).
+
+    rowsum(dO * O) equals rowsum(P * dP) (dropout included), a [.., R*T, 1] reduction instead of [.., R*T, S].
+    Hand-written because XLA's autodiff of the softmax takes ~2x longer on CPU.
+    """
+    q, k, v, probs, dropout_mask, out = res
+    cd = q.dtype
+    kept = probs if dropout_mask is None else probs * dropout_mask
+    d_v = jnp.einsum("bkqs,bkqd->bksd", kept.astype(cd), d_out, preferred_element_type=F32).astype(v.dtype)
+    d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out, v, preferred_element_type=F32)         # [B, KV, R*T, S]
+    if dropout_mask is not None:
+        d_probs = d_probs * dropout_mask
+    row = jnp.sum(d_out.astype(F32) * out.astype(F32), axis=-1, keepdims=True)            # [B, KV, R*T, 1]
+    d_scores = (probs * (d_probs - row)).astype(cd)
+    d_q = jnp.einsum("bkqs,bksd->bkqd", d_scores, k, preferred_element_type=F32).astype(q.dtype)
+    d_k = jnp.einsum("bkqs,bkqd->bksd", d_scores, q, preferred_element_type=F32).astype(k.dtype)
+    return d_q, d_k, d_v, None, None
+
+
+grouped_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+class Attention(nn.Module):
+    cfg: MiniMindConfig
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x, cos, sin, bias, train: bool, cache_kv=None, index=None):
+        """x [B, T, H] -> ([B, T, H], (k, v) the layer's updated cache or None)."""
+        cfg, policy = self.cfg, self.policy
+        B, T, _ = x.shape
+        NH, KV, HD = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q = Linear(NH * HD, policy, name="q_proj")(x).reshape(B, T, NH, HD)
+        k = Linear(KV * HD, policy, name="k_proj")(x).reshape(B, T, KV, HD)
+        v = Linear(KV * HD, policy, name="v_proj")(x).reshape(B, T, KV, HD)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))               # [B, heads, T, HD]
+        if cache_kv is not None:                                             # write at `index`, attend to all S slots
+            k_cache, v_cache = cache_kv
+            k = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
+            v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+            cache_kv = (k, v)
+        q = q.reshape(B, KV, (NH // KV) * T, HD) * (1 / math.sqrt(HD))      # the heads that share a kv head
+        dropout_mask = None
+        if train and cfg.dropout > 0:
+            keep = 1.0 - cfg.dropout
+            dropout_mask = jax.random.bernoulli(self.make_rng("dropout"), keep, q.shape[:3] + (k.shape[2],)) / keep
+        out = grouped_attention(q, k, v, bias, dropout_mask)                 # [B, KV, R*T, HD]
+        out = out.reshape(B, NH, T, HD).transpose(0, 2, 1, 3).reshape(B, T, NH * HD)
+        out = Linear(cfg.hidden_size, policy, name="o_proj")(out)
+        return nn.Dropout(cfg.dropout, deterministic=not train)(out), cache_kv
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)). Also the shared experts of an MoE layer, concatenated along the width."""
+    cfg: MiniMindConfig
+    policy: Policy
+    intermediate_size: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        gate = Linear(self.intermediate_size, self.policy, name="gate_proj")(x)
+        up = Linear(self.intermediate_size, self.policy, name="up_proj")(x)
+        out = Linear(self.cfg.hidden_size, self.policy, name="down_proj")(nn.silu(gate) * up)
+        return nn.Dropout(self.cfg.dropout, deterministic=not train)(out)
+
+
+def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
+    """The reference's auxiliary loss for one layer (SPEC.md §1); scores [N, E] float32, topk_idx [N, k].
+
+    seq_aux:  alpha * mean_b sum_e ce[b, e] * mean_t scores[b, t, e],  ce = slot count / (T * k / E)
+    else:     alpha * sum_e P_e * f_e,  P = mean scores, f = E * fraction of all (token, slot) choosing e
+    Padding tokens count, as in the reference.
+    """
+    E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+    chosen = jax.nn.one_hot(topk_idx, E, dtype=F32)                          # [N, k, E]
+    if cfg.seq_aux:
+        T = scores.shape[0] // batch
+        ce = chosen.reshape(batch, T * k, E).sum(axis=1) / (T * k / E)        # [B, E]
+        return jnp.mean(jnp.sum(ce * scores.reshape(batch, T, E).mean(axis=1), axis=1)) * cfg.aux_loss_alpha
+    f = chosen.reshape(-1, E).mean(axis=0) * E                               # [E]
+    return jnp.sum(scores.mean(axis=0) * f) * cfg.aux_loss_alpha
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts as stacked arrays, run as one matmul over all of them.
+
+    Each token's intermediate activations are scaled by its routing weight (0 for unchosen experts) before the
+    down projection, because  sum_e w_e * down_e(a_e) = [down_1 .. down_E] @ [w_1 a_1 .. w_E a_E].
+    Exact, with no Python loop, gather or scatter, at E/k times the routed FLOPs of a sparse dispatch.
+    """
+    cfg: MiniMindConfig
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x, combine):                              # x [N, H], combine f32 [N, E] -> [N, H]
+        E, H, I = self.cfg.n_routed_experts, self.cfg.hidden_size, self.cfg.intermediate_size
+        w_gate = Kernel((E, H, I), self.policy, name="gate_proj")()
+        w_up = Kernel((E, H, I), self.policy, name="up_proj")()
+        w_down = Kernel((E, I, H), self.policy, name="down_proj")()
+        x = x.astype(self.policy.compute_dtype)
+        gate = jnp.einsum("nh,ehi->nei", x, w_gate, preferred_element_type=F32)            # [N, E, I]
+        up = jnp.einsum("nh,ehi->nei", x, w_up, preferred_element_type=F32)
+        act = (nn.silu(gate) * up * combine[:, :, None]).astype(self.policy.compute_dtype)
+        out = jnp.dot(act.reshape(-1, E * I), w_down.reshape(E * I, H), preferred_element_type=F32)   # [N, H]
+        return out.astype(self.policy.compute_dtype)
+
+
+class MoEFeedForward(nn.Module):
+    """Routed SwiGLU experts (top-k of a softmax router, weights renormalised) plus shared experts on every token.
+
+    The S shared experts are unweighted, so their sum is one SwiGLU of width S * I (kernels concatenated).
+    """
+    cfg: MiniMindConfig
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        cfg, policy = self.cfg, self.policy
+        B, T, H = x.shape
+        E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+        x2 = x.reshape(B * T, H)                                             # [N, H]
+
+        router = Kernel((H, E), policy, name="gate")()                      # the reference's mlp.gate
+        logits = jnp.dot(x2.astype(policy.compute_dtype), router, preferred_element_type=F32)   # [N, E], route in f32
+        scores = jax.nn.softmax(logits, axis=-1)
+        topk_weight, topk_idx = lax.top_k(scores, k)                         # [N, k]
+        if k > 1 and cfg.norm_topk_prob:
+            topk_weight = topk_weight / (jnp.sum(topk_weight, axis=-1, keepdims=True) + 1e-20)
+        combine = jnp.einsum("nk,nke->ne", topk_weight, jax.nn.one_hot(topk_idx, E, dtype=F32))  # [N, E]
+
+        out = Experts(cfg, policy, name="experts")(x2, combine).reshape(B, T, H)
+        out = nn.Dropout(cfg.dropout, deterministic=not train)(out)
+        if cfg.n_shared_experts > 0:
+            out = out + FeedForward(cfg, policy, cfg.n_shared_experts * cfg.intermediate_size,
+                                    name="shared_experts")(x, train)
+        aux = load_balance_loss(scores, topk_idx, cfg, B) if train and cfg.aux_loss_alpha > 0 else jnp.zeros((), F32)
+        return out, aux
+
+
+class DecoderLayer(nn.Module):
+    cfg: MiniMindConfig
+    policy: Policy
+
+    @nn.compact
+    def __call__(self, x, cos, sin, bias, train: bool, cache_kv=None, index=None):
+        cfg, policy = self.cfg, self.policy
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, policy, name=name)
+        h, cache_kv = Attention(cfg, policy, name="self_attn")(norm("input_layernorm")(x), cos, sin, bias, train,
+                                                               cache_kv, index)
+        x = x + h
+        if cfg.use_moe:
+            h, aux = MoEFeedForward(cfg, policy, name="mlp")(norm("post_attention_layernorm")(x), train)
+        else:
+            h, aux = FeedForward(cfg, policy, cfg.intermediate_size, name="mlp")(norm("post_attention_layernorm")(x),
+                                                                                train), jnp.zeros((), F32)
+        return x + h, aux, cache_kv
+
+
+# ---- the backbone and the language model -------------------------------------------------------------------------
+
+class MiniMindModel(nn.Module):
+    """Embedding, decoder layers, final norm: ids [B, T] -> final-normed hidden states [B, T, H].
+
+    Shared by the LM, the critic and the reward model (always under the name 'model').
+    """
+    cfg: MiniMindConfig
+    policy: Policy = POLICIES["fp32"]
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed_tokens = self.param("embed_tokens", init_normal, (cfg.vocab_size, cfg.hidden_size),
+                                       self.policy.param_dtype)
+        self.layers = [DecoderLayer(cfg, self.policy) for _ in range(cfg.num_hidden_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, self.policy)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def __call__(self, input_ids, attention_mask=None, train: bool = False, cache: KVCache | None = None):
+        """-> (hidden [B, T, H], aux_loss scalar f32, updated cache or None)."""
+        B, T = input_ids.shape
+        offset = 0 if cache is None else cache.index
+        positions = offset + lax.iota(jnp.int32, T)                          # [T] absolute positions
+        if cache is not None:                                                # keys are the cache's S slots
+            new_mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+            key_mask = lax.dynamic_update_slice(cache.mask, new_mask, (0, offset))
+            bias = attention_bias(positions, key_mask, cache.length)
+        else:
+            bias = attention_bias(positions, attention_mask, T)
+        cos, sin = rope_tables(positions, self.cfg)
+
+        x = jnp.take(self.embed_tokens, input_ids, axis=0).astype(self.policy.compute_dtype)   # [B, T, H]
+        x = self.dropout(x, deterministic=not train)
+        aux = jnp.zeros((), F32)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, layer_aux, kv = layer(x, cos, sin, bias, train, kv, offset)
+            aux = aux + layer_aux
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        if cache is not None:
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=cache.index + T)
+        return self.norm(x), aux, cache
+
+    def lm_head(self, hidden):
+        """Tied output projection: hidden [..., H] @ embed_tokens^T -> logits [..., V] in the output dtype."""
+        cd = self.policy.compute_dtype
+        h2 = hidden.reshape(-1, hidden.shape[-1]).astype(cd)
+        logits = lax.dot_general(h2, self.embed_tokens.astype(cd), (((1,), (1,)), ((), ())),
+                                 preferred_element_type=F32)                 # [N, V], no transposed copy
+        return logits.astype(self.policy.output_dtype).reshape(*hidden.shape[:-1], self.cfg.vocab_size)
+
+
+class MiniMindForCausalLM(nn.Module):
+    cfg: MiniMindConfig
+    policy: Policy = POLICIES["fp32"]
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, train: bool = False, *, cache: KVCache | None = None,
+                 return_hidden: bool = False) -> CausalLMOutput:
+        """input_ids int [B, T]; attention_mask [B, T] (1 keep, 0 pad) or None; with `cache`, the T tokens are
+        written at positions cache.index.. and attend to every real slot before them.
+
+        `train=True` enables dropout (rngs={'dropout': key} when cfg.dropout > 0) and the MoE aux loss.
+        """
+        backbone = MiniMindModel(self.cfg, self.policy, name="model")
+        hidden, aux, cache = backbone(input_ids, attention_mask, train, cache)
+        return CausalLMOutput(logits=backbone.lm_head(hidden), aux_loss=aux,
+                              hidden_states=hidden if return_hidden else None, cache=cache)

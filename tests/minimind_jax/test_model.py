@@ -1,0 +1,167 @@
+"""MiniMindForCausalLM against the reference's own outputs (../shared/golden/model_*.npz), plus the properties the
+rest of the project leans on: the attention gradient, precision policies, dropout, padding, the aux loss."""
+import json
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minimind_jax import CausalLMOutput, MiniMindConfig, MiniMindCritic, MiniMindForCausalLM, get_policy
+from minimind_jax.convert import params_from_torch
+from minimind_jax.model import attention_bias, grouped_attention
+
+GOLDEN = ["model_dense", "model_dense_padded", "model_moe", "model_moe_tokenaux", "model_yarn", "model_vocab6400"]
+
+
+@partial(jax.jit, static_argnames=("model", "train"))
+def forward(model, params, ids, mask, train=False):
+    return model.apply({"params": params}, ids, mask, train)
+
+
+def reference_case(golden, name):
+    g = golden(name)
+    cfg = MiniMindConfig.from_dict(json.loads(str(g["config_json"])))
+    params = params_from_torch({k[3:]: v for k, v in g.items() if k.startswith("sd/")}, cfg)
+    return g, cfg, params
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_logits_and_aux_match_reference(golden, name):
+    g, cfg, params = reference_case(golden, name)
+    model = MiniMindForCausalLM(cfg)
+    ids, mask = jnp.asarray(g["input_ids"]), jnp.asarray(g["attention_mask"])
+    real = g["attention_mask"][..., None] == 1                   # padded positions are not compared
+    for train, logits_key in ((False, "logits"), (True, "logits_train")):
+        out = forward(model, params, ids, mask, train)
+        assert isinstance(out, CausalLMOutput)
+        assert out.logits.dtype == jnp.float32 and out.logits.shape == g[logits_key].shape
+        np.testing.assert_allclose(np.where(real, out.logits, 0), np.where(real, g[logits_key], 0), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(float(out.aux_loss), float(g["aux_loss_train"]), atol=1e-6, rtol=0)
+    if cfg.use_moe:                                              # the golden aux is not trivially zero
+        assert float(g["aux_loss_train"]) > 1e-3
+    assert float(forward(model, params, ids, mask, False).aux_loss) == 0.0      # no aux loss at inference
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_critic_values_match_reference(golden, name):
+    """The golden critic reads the final-normed hidden states once (SPEC.md §1), on the unmasked ids."""
+    g, cfg, params = reference_case(golden, name)
+    critic_params = {"model": params["model"],
+                     "value_head": {"kernel": g["value_head.weight"].T, "bias": g["value_head.bias"]}}
+    values = jax.jit(MiniMindCritic(cfg).apply)({"params": critic_params}, jnp.asarray(g["input_ids"]))
+    assert values.dtype == jnp.float32
+    np.testing.assert_allclose(values, g["values"], atol=1e-4, rtol=0)
+
+
+def test_padding_does_not_change_real_positions(golden):
+    """A left-padded row gives the logits of the same row unpadded (positions are absolute, so the pad shifts
+    RoPE by a constant, which attention cannot see)."""
+    g, cfg, params = reference_case(golden, "model_dense_padded")
+    model = MiniMindForCausalLM(cfg)
+    ids, mask = g["input_ids"], g["attention_mask"]
+    padded = forward(model, params, jnp.asarray(ids), jnp.asarray(mask)).logits
+    for b in range(ids.shape[0]):
+        real = mask[b] == 1
+        alone = forward(model, params, jnp.asarray(ids[b:b + 1, real]), None).logits[0]
+        np.testing.assert_allclose(padded[b, real], alone, atol=1e-4, rtol=0)
+
+
+def naive_attention(q, k, v, bias, dropout_mask):
+    """The textbook formula with kv heads repeated: what grouped_attention must equal, values and gradients."""
+    B, KV, RT, HD = q.shape
+    T = bias.shape[-2]
+    R = RT // T
+    qh = q.reshape(B, KV * R, T, HD)
+    kh, vh = jnp.repeat(k, R, axis=1), jnp.repeat(v, R, axis=1)
+    s = jnp.einsum("bhqd,bhsd->bhqs", qh, kh) + bias[:, None]
+    p = jax.nn.softmax(s, axis=-1)
+    if dropout_mask is not None:
+        p = p * dropout_mask.reshape(B, KV * R, T, -1)
+    return jnp.einsum("bhqs,bhsd->bhqd", p, vh).reshape(B, KV, RT, HD)
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_attention_custom_gradient_matches_autodiff(with_dropout):
+    B, KV, R, T, HD = 2, 2, 3, 7, 8
+    ks = jax.random.split(jax.random.key(0), 5)
+    q = jax.random.normal(ks[0], (B, KV, R * T, HD))
+    k, v = jax.random.normal(ks[1], (B, KV, T, HD)), jax.random.normal(ks[2], (B, KV, T, HD))
+    key_mask = jnp.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    bias = attention_bias(jnp.arange(T), key_mask, T)
+    drop = jax.random.bernoulli(ks[3], 0.8, (B, KV, R * T, T)) / 0.8 if with_dropout else None
+    w = jax.random.normal(ks[4], (B, KV, R * T, HD))
+    loss = lambda f: lambda q, k, v: jnp.sum(w * f(q, k, v, bias, drop))
+    np.testing.assert_allclose(jax.jit(grouped_attention)(q, k, v, bias, drop),
+                               jax.jit(naive_attention)(q, k, v, bias, drop), atol=1e-5)
+    got = jax.jit(jax.grad(loss(grouped_attention), argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.grad(loss(naive_attention), argnums=(0, 1, 2)))(q, k, v)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = MiniMindConfig.from_preset("tiny", vocab_size=256)
+    model = MiniMindForCausalLM(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    ids = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
+    return cfg, model, params, ids
+
+
+def test_param_tree_layout(tiny):
+    cfg, _, params, _ = tiny
+    m = params["model"]
+    assert set(params) == {"model"}                               # lm_head is tied to embed_tokens
+    assert m["embed_tokens"].shape == (cfg.vocab_size, cfg.hidden_size)
+    assert len([k for k in m if k.startswith("layers_")]) == cfg.num_hidden_layers
+    attn = m["layers_0"]["self_attn"]
+    assert attn["q_proj"]["kernel"].shape == (64, 64) and attn["k_proj"]["kernel"].shape == (64, 32)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_policy_close_to_fp32(tiny, precision):
+    cfg, model, params, ids = tiny
+    low = MiniMindForCausalLM(cfg, get_policy(precision))
+    ref = forward(model, params, ids, None).logits
+    out = forward(low, params, ids, None)
+    assert out.logits.dtype == jnp.float32                        # logits always come out in float32
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32        # master weights stay float32
+    err = float(jnp.max(jnp.abs(out.logits - ref)))
+    assert 0 < err < 0.05 * float(jnp.max(jnp.abs(ref)))         # lower precision, same function
+
+
+def test_dropout_only_when_training(tiny):
+    cfg, _, params, ids = tiny
+    model = MiniMindForCausalLM(MiniMindConfig.from_dict({**cfg.to_dict(), "dropout": 0.5}))
+    apply = jax.jit(lambda ids, key: model.apply({"params": params}, ids, train=True, rngs={"dropout": key}).logits)
+    a, b, c = apply(ids, jax.random.key(1)), apply(ids, jax.random.key(1)), apply(ids, jax.random.key(2))
+    np.testing.assert_array_equal(a, b)                           # dropout is a pure function of the key
+    assert not np.allclose(a, c)
+    eval_logits = forward(model, params, ids, None).logits
+    np.testing.assert_allclose(eval_logits, forward(tiny[1], params, ids, None).logits, atol=1e-6)
+    grads = jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, ids, train=True,
+                                                            rngs={"dropout": jax.random.key(3)}).logits ** 2)))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_moe_aux_loss_is_differentiable_and_routes_gradients():
+    cfg = MiniMindConfig.from_preset("tiny", use_moe=True, vocab_size=128)
+    model = MiniMindForCausalLM(cfg)
+    ids = jax.random.randint(jax.random.key(1), (2, 10), 0, 128)
+    params = jax.jit(model.init)(jax.random.key(0), ids)["params"]
+    experts = params["model"]["layers_0"]["mlp"]["experts"]
+    assert experts["gate_proj"]["kernel"].shape == (cfg.n_routed_experts, 64, cfg.intermediate_size)  # stacked
+    aux_grad = jax.jit(jax.grad(lambda p: model.apply({"params": p}, ids, train=True).aux_loss))(params)
+    router = aux_grad["model"]["layers_0"]["mlp"]["gate"]["kernel"]
+    assert float(jnp.abs(router).sum()) > 0                       # the balance loss trains the router
+
+
+def test_hidden_states_and_shapes(tiny):
+    cfg, model, params, ids = tiny
+    out = jax.jit(lambda p, ids: model.apply({"params": p}, ids, return_hidden=True))(params, ids)
+    assert out.hidden_states.shape == (*ids.shape, cfg.hidden_size)
+    assert out.cache is None
+    logits = jnp.einsum("bth,vh->btv", out.hidden_states, params["model"]["embed_tokens"])   # tied lm_head
+    np.testing.assert_allclose(out.logits, logits, atol=1e-4)
