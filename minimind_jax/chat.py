@@ -97,8 +97,9 @@ def stream(model, params, prompt_ids: list[int], *, rng, max_new_tokens: int, te
         yield int(token[0])
 
 
-def reply(model, params, tokenizer: Tokenizer, messages: list[dict], args, rng, out=sys.stdout) -> str:
-    """Stream one assistant turn to `out` and return its text."""
+def reply(model, params, tokenizer: Tokenizer, messages: list[dict], args, rng, out=None) -> str:
+    """Stream one assistant turn to `out` (stdout) and return its text."""
+    out = out or sys.stdout
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     prompt = tokenizer.encode(text)[-args.max_seq_len:]
     ids, shown = [], ""

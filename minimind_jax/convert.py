@@ -48,16 +48,16 @@ def check_state_dict(state_dict: dict, cfg: MiniMindConfig, source: str = "state
     if "model.embed_tokens.weight" not in names and "lm_head.weight" in names:
         names.add("model.embed_tokens.weight")          # tied: either name is enough
     names.add("lm_head.weight")
-    if missing := sorted(set(expected) - names):
+    if missing := [n for n in expected if n not in names]:
         raise ValueError(f"{source}: missing tensor {missing[0]} ({len(missing)} missing; is this checkpoint for "
                          f"another config?)")
     if unexpected := sorted(names - set(expected)):
         raise ValueError(f"{source}: unexpected tensor {unexpected[0]} ({len(unexpected)} unexpected; is this "
                          f"checkpoint for another config?)")
-    for name, arr in state_dict.items():
-        if tuple(np.shape(arr)) != expected[name]:
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(np.shape(arr))} but the config expects "
-                             f"{expected[name]} (hidden_size={cfg.hidden_size}, vocab_size={cfg.vocab_size})")
+    for name, shape in expected.items():                          # in the reference's order: embedding first
+        if name in state_dict and tuple(np.shape(state_dict[name])) != shape:
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(np.shape(state_dict[name]))} but the config "
+                             f"expects {shape} (hidden_size={cfg.hidden_size}, vocab_size={cfg.vocab_size})")
 
 
 def params_from_torch(state_dict: dict, cfg: MiniMindConfig, source: str = "state_dict") -> dict:

@@ -10,6 +10,7 @@ attention mask [prompt_mask, completion_mask] puts it, so that forward reproduce
 One compiled program per (batch, prompt length, max_new_tokens) and sampling settings; it also traces under an
 outer `jax.jit`.
 """
+import os
 from functools import partial
 
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax import lax
 
-from minimind_jax.model import KVCache, MiniMindForCausalLM
+from minimind_jax.model import KVCache, MiniMindForCausalLM, decode_layout
 from minimind_jax.precision import Policy
 
 
@@ -64,13 +65,23 @@ def decoding_model(model: MiniMindForCausalLM, params) -> MiniMindForCausalLM:
     return model
 
 
+def decode_parts() -> int:
+    """How many blocks each decoding matmul is cut into: one per core on CPU (XLA:CPU runs a dot on one core),
+    none on accelerators."""
+    return min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
+
+
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_token_id",
-                                   "pad_token_id"))
+                                   "pad_token_id", "parts"))
 def _generate(model, params, input_ids, attention_mask, rng, *, max_new_tokens, temperature, top_k, top_p,
-              eos_token_id, pad_token_id):
+              eos_token_id, pad_token_id, parts=1):
     B, P = input_ids.shape
     N = max_new_tokens
+    variables = {"params": params}
+    if parts > 1:                                    # one-token steps read the weights in per-core blocks
+        variables["decode"] = decode_layout(params, parts, model.policy.compute_dtype)
     run = lambda ids, mask, cache: model.apply({"params": params}, ids, mask, cache=cache)
+    step_run = lambda ids, cache: model.apply(variables, ids, cache=cache)
     sample = lambda logits, key: sample_token(logits, key, temperature, top_k, top_p)
     finished = (lambda tok: tok == eos_token_id) if eos_token_id is not None else (lambda tok: jnp.zeros_like(tok, bool))
 
@@ -86,7 +97,7 @@ def _generate(model, params, input_ids, attention_mask, rng, *, max_new_tokens, 
 
     def step(state):
         i, tokens, last, done, cache, rng = state
-        out = run(last[:, None], None, cache)                                # one token at position P + i - 1
+        out = step_run(last[:, None], cache)                                 # one token at position P + i - 1
         rng, key = jax.random.split(rng)
         tok = jnp.where(done, pad_token_id, sample(out.logits[:, -1], key))  # [B]
         tokens = lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
@@ -117,4 +128,5 @@ def generate(model: MiniMindForCausalLM, params, input_ids, attention_mask=None,
     attention_mask = (jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32))
     return _generate(decoding_model(model, params), params, input_ids, attention_mask, rng,
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-                     top_p=float(top_p), eos_token_id=eos_token_id, pad_token_id=int(pad_token_id))
+                     top_p=float(top_p), eos_token_id=eos_token_id, pad_token_id=int(pad_token_id),
+                     parts=decode_parts())

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from flax import struct, traverse_util
 from jax import lax
 
 from minimind_jax.config import MiniMindConfig
@@ -70,6 +70,19 @@ def matmul(x, kernel, policy: Policy):
     return y.astype(cd).reshape(*x.shape[:-1], kernel.shape[-1])
 
 
+def matmul_parts(x, parts, policy: Policy):
+    """x @ W with W given as row blocks of W^T (see decode_layout): one independent dot per block.
+
+    A skinny product ([a few rows, K] x [K, N], i.e. decoding) is bound by reading W, and XLA:CPU runs one dot
+    on one core; independent dots over separate blocks run on all of them (~2x on 2 cores).
+    """
+    cd = policy.compute_dtype
+    x2 = x.reshape(-1, x.shape[-1]).astype(cd)
+    y = jnp.concatenate([lax.dot_general(x2, p.astype(cd), (((1,), (1,)), ((), ())), preferred_element_type=F32)
+                         for p in parts], axis=-1).astype(cd)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 class Linear(nn.Module):
     """Bias-free projection; `kernel` is [in, out] (torch stores the transpose)."""
     features: int
@@ -78,6 +91,8 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x):                                       # [..., in] -> [..., features]
         kernel = self.param("kernel", init_normal, (x.shape[-1], self.features), self.policy.param_dtype)
+        if self.has_variable("decode", "kernel_parts"):         # the decoding layout, when given
+            return matmul_parts(x, self.get_variable("decode", "kernel_parts"), self.policy)
         return matmul(x, kernel, self.policy)
 
 
@@ -154,6 +169,29 @@ def attention_bias(positions, key_mask, key_length: int):
     return causal[None] + padding[:, None, :]                                # [B, T, S]
 
 
+def dropout_seed(rng) -> jax.Array:
+    """uint32[4] seed for every dropout mask of one forward pass, from the 'dropout' rng."""
+    return jnp.concatenate([jnp.ravel(jax.random.key_data(rng))[:2].astype(jnp.uint32), jnp.zeros(2, jnp.uint32)])
+
+
+def dropout_scale(seed, site: int, shape, rate: float):
+    """float32 mask of 0 and 1/(1-rate) for dropout site `site`; None when seed is None (not training).
+
+    Drawn with XLA's RngBitGenerator from (seed, site) rather than a threefry hash per call site: the unrolled
+    hashes made a train step with dropout compile ~10x slower on CPU.
+    """
+    if seed is None or rate == 0.0:
+        return None
+    bits = lax.rng_bit_generator(seed.at[2].set(site), shape, dtype=jnp.uint32)[1]
+    return jnp.where(bits >= jnp.uint32(rate * 2**32), 1.0 / (1.0 - rate), 0.0).astype(F32)
+
+
+def dropout(x, rate: float, seed, site: int):
+    """Inverted dropout (identity when seed is None)."""
+    scale = dropout_scale(seed, site, x.shape, rate)
+    return x if scale is None else (x * scale).astype(x.dtype)
+
+
 @jax.custom_vjp
 def grouped_attention(q, k, v, bias, dropout_mask):
     """softmax(q k^T + bias) v per kv group: q [B, KV, R*T, HD] (pre-scaled), k/v [B, KV, S, HD], bias [B|1, T, S],
@@ -211,8 +249,8 @@ class Attention(nn.Module):
     policy: Policy
 
     @nn.compact
-    def __call__(self, x, cos, sin, bias, train: bool, cache_kv=None, index=None):
-        """x [B, T, H] -> ([B, T, H], (k, v) the layer's updated cache or None)."""
+    def __call__(self, x, cos, sin, bias, seed, site: int, cache_kv=None, index=None):
+        """x [B, T, H] -> ([B, T, H], (k, v) the layer's updated cache or None). Dropout sites: site, site + 1."""
         cfg, policy = self.cfg, self.policy
         B, T, _ = x.shape
         NH, KV, HD = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -227,14 +265,11 @@ class Attention(nn.Module):
             v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
             cache_kv = (k, v)
         q = q.reshape(B, KV, (NH // KV) * T, HD) * (1 / math.sqrt(HD))      # the heads that share a kv head
-        dropout_mask = None
-        if train and cfg.dropout > 0:
-            keep = 1.0 - cfg.dropout
-            dropout_mask = jax.random.bernoulli(self.make_rng("dropout"), keep, q.shape[:3] + (k.shape[2],)) / keep
-        out = grouped_attention(q, k, v, bias, dropout_mask)                 # [B, KV, R*T, HD]
+        probs_dropout = dropout_scale(seed, site, q.shape[:3] + (k.shape[2],), cfg.dropout)
+        out = grouped_attention(q, k, v, bias, probs_dropout)                # [B, KV, R*T, HD]
         out = out.reshape(B, NH, T, HD).transpose(0, 2, 1, 3).reshape(B, T, NH * HD)
         out = Linear(cfg.hidden_size, policy, name="o_proj")(out)
-        return nn.Dropout(cfg.dropout, deterministic=not train)(out), cache_kv
+        return dropout(out, cfg.dropout, seed, site + 1), cache_kv
 
 
 class FeedForward(nn.Module):
@@ -244,11 +279,11 @@ class FeedForward(nn.Module):
     intermediate_size: int
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, seed=None, site: int = 0):
         gate = Linear(self.intermediate_size, self.policy, name="gate_proj")(x)
         up = Linear(self.intermediate_size, self.policy, name="up_proj")(x)
         out = Linear(self.cfg.hidden_size, self.policy, name="down_proj")(nn.silu(gate) * up)
-        return nn.Dropout(self.cfg.dropout, deterministic=not train)(out)
+        return dropout(out, self.cfg.dropout, seed, site)
 
 
 def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
@@ -301,7 +336,8 @@ class MoEFeedForward(nn.Module):
     policy: Policy
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, seed=None, site: int = 0):
+        """-> (out [B, T, H], aux loss). Dropout sites: site (routed), site + 1 (shared)."""
         cfg, policy = self.cfg, self.policy
         B, T, H = x.shape
         E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
@@ -316,10 +352,10 @@ class MoEFeedForward(nn.Module):
         combine = jnp.einsum("nk,nke->ne", topk_weight, jax.nn.one_hot(topk_idx, E, dtype=F32))  # [N, E]
 
         out = Experts(cfg, policy, name="experts")(x2, combine).reshape(B, T, H)
-        out = nn.Dropout(cfg.dropout, deterministic=not train)(out)
+        out = dropout(out, cfg.dropout, seed, site)
         if cfg.n_shared_experts > 0:
             out = out + FeedForward(cfg, policy, cfg.n_shared_experts * cfg.intermediate_size,
-                                    name="shared_experts")(x, train)
+                                    name="shared_experts")(x, seed, site + 1)
         aux = load_balance_loss(scores, topk_idx, cfg, B) if train and cfg.aux_loss_alpha > 0 else jnp.zeros((), F32)
         return out, aux
 
@@ -327,19 +363,21 @@ class MoEFeedForward(nn.Module):
 class DecoderLayer(nn.Module):
     cfg: MiniMindConfig
     policy: Policy
+    layer: int = 0                     # numbers this layer's dropout sites
 
     @nn.compact
-    def __call__(self, x, cos, sin, bias, train: bool, cache_kv=None, index=None):
+    def __call__(self, x, cos, sin, bias, train: bool, seed=None, cache_kv=None, index=None):
         cfg, policy = self.cfg, self.policy
+        site = 1 + 4 * self.layer                                            # site 0 is the embedding
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, policy, name=name)
-        h, cache_kv = Attention(cfg, policy, name="self_attn")(norm("input_layernorm")(x), cos, sin, bias, train,
+        h, cache_kv = Attention(cfg, policy, name="self_attn")(norm("input_layernorm")(x), cos, sin, bias, seed, site,
                                                                cache_kv, index)
         x = x + h
+        h = norm("post_attention_layernorm")(x)
         if cfg.use_moe:
-            h, aux = MoEFeedForward(cfg, policy, name="mlp")(norm("post_attention_layernorm")(x), train)
+            h, aux = MoEFeedForward(cfg, policy, name="mlp")(h, train, seed, site + 2)
         else:
-            h, aux = FeedForward(cfg, policy, cfg.intermediate_size, name="mlp")(norm("post_attention_layernorm")(x),
-                                                                                train), jnp.zeros((), F32)
+            h, aux = FeedForward(cfg, policy, cfg.intermediate_size, name="mlp")(h, seed, site + 2), jnp.zeros((), F32)
         return x + h, aux, cache_kv
 
 
@@ -357,9 +395,8 @@ class MiniMindModel(nn.Module):
         cfg = self.cfg
         self.embed_tokens = self.param("embed_tokens", init_normal, (cfg.vocab_size, cfg.hidden_size),
                                        self.policy.param_dtype)
-        self.layers = [DecoderLayer(cfg, self.policy) for _ in range(cfg.num_hidden_layers)]
+        self.layers = [DecoderLayer(cfg, self.policy, i) for i in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, self.policy)
-        self.dropout = nn.Dropout(cfg.dropout)
 
     def __call__(self, input_ids, attention_mask=None, train: bool = False, cache: KVCache | None = None):
         """-> (hidden [B, T, H], aux_loss scalar f32, updated cache or None)."""
@@ -374,13 +411,14 @@ class MiniMindModel(nn.Module):
             bias = attention_bias(positions, attention_mask, T)
         cos, sin = rope_tables(positions, self.cfg)
 
+        seed = dropout_seed(self.make_rng("dropout")) if train and self.cfg.dropout > 0 else None
         x = jnp.take(self.embed_tokens, input_ids, axis=0).astype(self.policy.compute_dtype)   # [B, T, H]
-        x = self.dropout(x, deterministic=not train)
+        x = dropout(x, self.cfg.dropout, seed, 0)
         aux = jnp.zeros((), F32)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, layer_aux, kv = layer(x, cos, sin, bias, train, kv, offset)
+            x, layer_aux, kv = layer(x, cos, sin, bias, train, seed, kv, offset)
             aux = aux + layer_aux
             if kv is not None:
                 new_k.append(kv[0])
@@ -391,11 +429,33 @@ class MiniMindModel(nn.Module):
 
     def lm_head(self, hidden):
         """Tied output projection: hidden [..., H] @ embed_tokens^T -> logits [..., V] in the output dtype."""
+        if self.has_variable("decode", "embed_parts"):          # row blocks of the embedding (decode_layout)
+            logits = matmul_parts(hidden, self.get_variable("decode", "embed_parts"), self.policy)
+            return logits.astype(self.policy.output_dtype)
         cd = self.policy.compute_dtype
         h2 = hidden.reshape(-1, hidden.shape[-1]).astype(cd)
         logits = lax.dot_general(h2, self.embed_tokens.astype(cd), (((1,), (1,)), ((), ())),
                                  preferred_element_type=F32)                 # [N, V], no transposed copy
         return logits.astype(self.policy.output_dtype).reshape(*hidden.shape[:-1], self.cfg.vocab_size)
+
+
+def decode_layout(params, parts: int, dtype=None) -> dict:
+    """The optional 'decode' variables for one-token steps: every 2-D projection kernel [in, out] transposed and
+    cut into `parts` row blocks [out/parts, in], and the embedding cut into row blocks [V/parts, H].
+
+        model.apply({'params': params, 'decode': decode_layout(params, 2)}, token, cache=cache)
+
+    Same function, but each skinny matmul becomes `parts` independent dots (see matmul_parts). Built once per
+    generate() call, outside the decoding loop.
+    """
+    out = {}
+    for path, w in traverse_util.flatten_dict(params).items():
+        w = w if dtype is None else w.astype(dtype)
+        if path[-1] == "kernel" and w.ndim == 2 and path[-2] != "gate":
+            out[path[:-1] + ("kernel_parts",)] = tuple(jnp.array_split(w.T, parts, axis=0))
+        elif path[-1] == "embed_tokens":
+            out[path[:-1] + ("embed_parts",)] = tuple(jnp.array_split(w, parts, axis=0))
+    return traverse_util.unflatten_dict(out)
 
 
 class MiniMindForCausalLM(nn.Module):

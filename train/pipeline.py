@@ -8,12 +8,13 @@ from train import stages
 from train.args import PIPELINE
 
 TINY = {
-    "pretrain": dict(epochs=1, batch_size=32, accumulation_steps=1, max_seq_len=128, learning_rate=3e-3),
-    "full_sft": dict(epochs=1, batch_size=32, max_seq_len=128, learning_rate=2e-3),
+    "pretrain": dict(epochs=1, max_steps=200, batch_size=32, accumulation_steps=1, max_seq_len=128,
+                     learning_rate=3e-3),
+    "full_sft": dict(epochs=1, max_steps=150, batch_size=32, max_seq_len=128, learning_rate=2e-3),
     "lora": dict(epochs=4, batch_size=16, max_seq_len=128, learning_rate=5e-3),
     "distillation": dict(epochs=1, max_steps=40, max_seq_len=128, learning_rate=2e-4),
     "dpo": dict(epochs=1, max_steps=40, batch_size=8, max_seq_len=256, learning_rate=1e-5),
-    "reason": dict(epochs=1, batch_size=32, max_seq_len=128, learning_rate=2e-3),
+    "reason": dict(epochs=1, max_steps=80, batch_size=32, max_seq_len=128, learning_rate=2e-3),
     "reward": dict(epochs=1, max_steps=60, batch_size=16, max_seq_len=256, learning_rate=1e-3),
     "ppo": dict(max_steps=10, batch_size=4, max_gen_len=32, learning_rate=1e-5, critic_learning_rate=1e-4),
     "grpo": dict(max_steps=10, batch_size=2, num_generations=4, max_gen_len=32, learning_rate=1e-5),

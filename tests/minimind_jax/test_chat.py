@@ -1,0 +1,79 @@
+"""The chat CLI: weights from a run directory, the chat template, streaming equal to `generate`, the loop."""
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from minimind_jax import MiniMindConfig, MiniMindForCausalLM
+from minimind_jax.convert import save_weights
+from minimind_jax.generate import generate
+from minimind_jax.lora import init_lora, lora_to_torch
+
+chat = pytest.importorskip("minimind_jax.chat", reason="tokenizer not yet available")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A trainer-style run directory (weights.safetensors + config.json) holding a tiny random model whose
+    logits have clear maxima."""
+    cfg = MiniMindConfig.from_preset("tiny")
+    model = MiniMindForCausalLM(cfg)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, s: rng.normal(0, 1.0 if p[-1].key == "embed_tokens" else 0.1, s.shape).astype(np.float32), shapes)
+    d = tmp_path_factory.mktemp("full_sft_64")
+    save_weights(d / "weights.safetensors", params, cfg, dtype=np.float32)
+    (d / "config.json").write_text(cfg.to_json())
+    return d, cfg, model, params
+
+
+def test_one_shot_prompt(run_dir, capsys):
+    d, *_ = run_dir
+    assert chat.main(["--weight", str(d), "--prompt", "What is 3 + 4?", "--max_new_tokens", "6",
+                      "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("assistant: ") and out.endswith("\n") and out.count("\n") == 1
+
+
+def test_stream_equals_generate(run_dir):
+    """The streamed reply is the templated prompt's greedy continuation, token for token."""
+    d, cfg, model, params = run_dir
+    tokenizer = chat.Tokenizer.load()
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    prompt = tokenizer.encode(text)
+    streamed = list(chat.stream(model, params, prompt, rng=jax.random.key(0), max_new_tokens=8, temperature=0.0,
+                                eos_token_id=-1))
+    P = -(-len(prompt) // chat.PROMPT_BUCKET) * chat.PROMPT_BUCKET                 # chat left-pads to a bucket
+    ids, mask = np.zeros((1, P), np.int32), np.zeros((1, P), np.int32)
+    ids[0, P - len(prompt):], mask[0, P - len(prompt):] = prompt, 1
+    want = generate(model, params, ids, mask, max_new_tokens=8, temperature=0.0, eos_token_id=None).sequences[0, P:]
+    assert streamed == [int(t) for t in want]
+
+    writes = []
+    out = io.StringIO()
+    out.write = lambda s: writes.append(s) or len(s)
+    args = chat.parser().parse_args(["--max_new_tokens", "8", "--temperature", "0"])
+    answer = chat.reply(model, params, tokenizer, [{"role": "user", "content": "hello"}], args, jax.random.key(0), out)
+    assert len(writes) > 2 and "".join(writes) == answer + "\n"                # streamed in pieces
+
+
+def test_interactive_loop_with_lora(run_dir, monkeypatch, capsys, tmp_path):
+    d, cfg, model, params = run_dir
+    from safetensors.numpy import save_file
+    lora = jax.tree.map(lambda x: x + 0.05, init_lora(jax.random.key(0), params, cfg))
+    save_file(lora_to_torch(lora, cfg), str(tmp_path / "lora.safetensors"))
+    questions = iter(["hi", "and again?"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(questions, ""))   # an empty line quits
+    assert chat.main(["--weight", str(d), "--lora_weight", str(tmp_path / "lora.safetensors"),
+                      "--max_new_tokens", "4", "--history_cnt", "2"]) == 0
+    assert capsys.readouterr().out.count("assistant: ") == 2
+
+
+def test_missing_weights_is_one_line(tmp_path, capsys):
+    assert chat.main(["--weight", "full_sft", "--out_dir", str(tmp_path), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "full_sft_512/weights.safetensors does not exist" in err
