@@ -49,7 +49,8 @@ def test_update_reads_only_masked_logps(rewards, lp, m, junk):
     state, _ = _update(losses.spo_tracker_init(), rewards, lp, m)
     state2, _ = _update(losses.spo_tracker_init(), rewards, np.where(m == 1, lp, junk), m)
     np.testing.assert_allclose(state2.old_mean_logp, state.old_mean_logp, rtol=1e-6)
-    np.testing.assert_allclose(state.old_mean_logp, lp[m == 1].mean(), rtol=1e-5)
+    # atol: XLA on CPU flushes subnormals to 0, and hypothesis likes log-probs of -1e-45
+    np.testing.assert_allclose(state.old_mean_logp, lp[m == 1].mean(), rtol=1e-5, atol=1e-30)
 
 
 def test_no_drift_keeps_rho_at_its_cap():
