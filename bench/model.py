@@ -16,7 +16,7 @@ import numpy as np
 from bench.common import compile_seconds, environment, matmul_roofline, peak_rss_mb, print_table, timeit, write_json
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM, get_policy
 from minimind_jax.config import count_params
-from minimind_jax.generate import _generate, decoding_model
+from minimind_jax.generate import _generate, decode_parts, decoding_model
 
 
 def train_flops_per_token(cfg: MiniMindConfig, seq: int) -> float:
@@ -56,7 +56,8 @@ def bench_generate(cfg, params, batch: int, prompt: int, new: int, repeat: int) 
     mask = jnp.ones_like(ids)
     run = jax.jit(lambda p, ids, mask, key: _generate(decoding_model(model, p), p, ids, mask, key,
                                                       max_new_tokens=new, temperature=0.8, top_k=0, top_p=1.0,
-                                                      eos_token_id=None, pad_token_id=0).sequences)
+                                                      eos_token_id=None, pad_token_id=0,
+                                                      parts=decode_parts()).sequences)   # as generate() runs it
     key = jax.random.key(0)
     compile_s = compile_seconds(run, params, ids, mask, key)
     seconds = timeit(run, params, ids, mask, key, repeat=repeat)

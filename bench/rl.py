@@ -1,16 +1,23 @@
 """python -m bench.rl: seconds per RL step split into rollout / reward / update, and decoding speed against the
 bound set by reading the weights once per decoded token (the 512x8 model, prompt 66, 256 new tokens).
 
+Two tables: the engine's GRPO (8 generations) and SPO steps, and the sampler alone at batch 4 beside the
+reference's (HF-generate-style PyTorch loop with a KV cache, bench/torch_reference.py) in the same run.
+
 The steps are the engine's own (train.engine.setup), from a random-init model that rarely emits eos, so every
 completion runs to full length: the worst case for the sampler.
 """
 import argparse
+import sys
 import time
 
 import jax
 import numpy as np
 
+from bench import rl_compare
 from bench.common import environment, peak_rss_mb, print_table, write_json
+from bench.model import bench_generate
+from minimind_jax import MiniMindConfig, MiniMindForCausalLM
 from train import stages
 from train.args import parser, with_defaults
 from train.engine import setup
@@ -43,11 +50,46 @@ def time_steps(s, steps: int) -> dict:
     return {k: float(np.mean(v)) for k, v in parts.items()}
 
 
+def sampler_rows(preset: str, batch: int, prompt: int, new: int, bandwidth: float, torch_ref: bool) -> list[dict]:
+    """New tokens/s of generate() with fp32 and bf16 weights, and of the reference's sampler, at one shape."""
+    cfg = MiniMindConfig.from_preset(preset)
+    params = jax.jit(MiniMindForCausalLM(cfg).init)(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32))["params"]
+    fp32_bytes = sum(x.size * 4 for x in jax.tree.leaves(params))
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        weights = jax.tree.map(lambda x: x.astype(dtype), params)
+        r = bench_generate(cfg, weights, batch, prompt, new, repeat=2)
+        bound = bandwidth / (fp32_bytes * (1 if dtype == "float32" else 0.5))
+        rows.append({"sampler": "minimind-jax generate", "weights": dtype, "batch": batch,
+                     "new_tok/s": r["new_tokens_per_s"], "decode_steps/s": new / r["seconds"],
+                     "of_bound": new / r["seconds"] / bound, "compile_s": r["compile_s"]})
+        print_table(rows[-1:])
+    if torch_ref:
+        try:
+            from bench.torch_reference import decode_tokens_per_s
+        except ImportError:
+            print("torch is not installed: skipping the reference sampler (pip install 'minimind-jax[torch]')")
+        else:
+            r = decode_tokens_per_s(cfg.hidden_size, cfg.num_hidden_layers, batch, prompt, new)
+            rows.append({"sampler": "reference (torch, KV cache)", "weights": "float32", "batch": batch,
+                         "new_tok/s": r["new_tokens_per_s"], "decode_steps/s": new / r["seconds"],
+                         "of_bound": new / r["seconds"] / (bandwidth / fp32_bytes), "compile_s": 0.0})
+            for row in rows[:-1]:
+                row["x_reference"] = row["new_tok/s"] / r["new_tokens_per_s"]
+    return rows
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--compare" in argv:       # issue 6: GRPO vs SPO (reference) vs SPO (paper), bench/rl_compare.py
+        return rl_compare.main([x for x in argv if x != "--compare"])
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default="small")
     p.add_argument("--gen", type=int, default=256)
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--prompt", type=int, default=66)
+    p.add_argument("--sampler_batch", type=int, default=4)
+    p.add_argument("--no_torch", action="store_true", help="skip the reference sampler")
     p.add_argument("--bandwidth", type=float, default=MEMORY_BANDWIDTH)
     p.add_argument("--out", default="bench/results/rl.json")
     p.add_argument("--out_dir", default="/tmp/minimind_bench_rl")
@@ -67,8 +109,11 @@ def main(argv=None):
                          "decode_steps/s": decode_steps_per_s, "of_bound": decode_steps_per_s / bound,
                          "peak_rss_MB": peak_rss_mb()})
             print_table(rows[-1:])
+    sampler = sampler_rows(a.preset, a.sampler_batch, a.prompt, a.gen, a.bandwidth, not a.no_torch)
     print_table(rows, f"RL step on the {a.preset} model, prompt 66, {a.gen} new tokens (mean of {a.steps} steps)")
-    write_json(a.out, {"env": environment(), "bandwidth": a.bandwidth, "rows": rows})
+    print_table(sampler, f"sampler alone, batch {a.sampler_batch}, prompt {a.prompt}, {a.gen} new tokens, no early "
+                         f"stop; of_bound = decode steps/s over {a.bandwidth / 1e9:.0f} GB/s / weight bytes")
+    write_json(a.out, {"env": environment(), "bandwidth": a.bandwidth, "rows": rows, "sampler": sampler})
 
 
 if __name__ == "__main__":

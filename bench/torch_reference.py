@@ -41,16 +41,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c["hidden"], self.kv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.h * self.hd, c["hidden"], bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, past=None):
+        """With `past` (k, v) [B, S, KV, HD] (HF's past_key_values), x holds the next tokens; returns (out, (k, v))."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.h, self.hd)
         k = self.k_proj(x).view(B, T, self.kv, self.hd)
         v = self.v_proj(x).view(B, T, self.kv, self.hd)
         q, k = rotate(q, cos[:, None], sin[:, None]), rotate(k, cos[:, None], sin[:, None])
+        if past is not None:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         rep = self.h // self.kv
-        k, v = (t.repeat_interleave(rep, dim=2) for t in (k, v))
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        kr, vr = (t.repeat_interleave(rep, dim=2) for t in (k, v))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), kr.transpose(1, 2), vr.transpose(1, 2),
+                                           is_causal=past is None)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), (k, v)
 
 
 class MLP(nn.Module):
@@ -101,11 +105,12 @@ class Block(nn.Module):
         self.self_attn = Attention(c)
         self.mlp = MoE(c, inter) if c["moe"] else MLP(c["hidden"], inter)
 
-    def forward(self, x, cos, sin):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, past=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, past)
+        h = x + a
         out = self.mlp(self.post_attention_layernorm(h))
         out, aux = out if isinstance(out, tuple) else (out, x.new_zeros(()))
-        return h + out, aux
+        return h + out, aux, kv
 
 
 class MiniMind(nn.Module):
@@ -118,13 +123,17 @@ class MiniMind(nn.Module):
         self.lm_head.weight = self.embed_tokens.weight
         self.theta = 1e6
 
-    def forward(self, ids):
-        cos, sin = rope_tables(self.layers[0].self_attn.hd, ids.shape[1], self.theta)
-        x, aux = self.embed_tokens(ids), 0.0
-        for layer in self.layers:
-            x, a = layer(x, cos, sin)
-            aux = aux + a
-        return self.lm_head(self.norm(x)), aux
+    def forward(self, ids, past=None):
+        """-> (logits, aux); with `past` (a list of per-layer (k, v), [] to start) -> (logits, aux, new past)."""
+        start = past[0][0].shape[1] if past else 0
+        cos, sin = rope_tables(self.layers[0].self_attn.hd, start + ids.shape[1], self.theta)
+        cos, sin = cos[start:], sin[start:]
+        x, aux, new = self.embed_tokens(ids), 0.0, []
+        for i, layer in enumerate(self.layers):
+            x, a, kv = layer(x, cos, sin, past[i] if past else None)
+            aux, new = aux + a, new + [kv]
+        logits = self.lm_head(self.norm(x))
+        return (logits, aux) if past is None else (logits, aux, new)
 
 
 def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=5, threads=None) -> dict:
@@ -156,3 +165,36 @@ def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=
         best = min(best, time.perf_counter() - t0)
     return {"tokens_per_s": batch * seq / best, "step_s": best,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+@torch.no_grad()
+def decode_tokens_per_s(hidden=512, layers=8, batch=4, prompt=66, new=256, repeat=2, threads=None) -> dict:
+    """New tokens/s of the reference's sampler (HF generate: a KV cache, one forward per token, temperature and
+    top-p sampling on the last logits), run to full length."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    c = dict(hidden=hidden, layers=layers, heads=8, kv_heads=2, vocab=6400, moe=False, top_k=2, experts=4, shared=1)
+    model = MiniMind(c).eval()
+    ids = torch.randint(0, 6400, (batch, prompt))
+
+    def sample(logits, temperature=0.85, top_p=0.85):
+        probs = (logits / temperature).softmax(-1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        sorted_p[sorted_p.cumsum(-1) - sorted_p > top_p] = 0
+        return order.gather(-1, torch.multinomial(sorted_p, 1))
+
+    def generate():
+        logits, _, past = model(ids, [])
+        token = sample(logits[:, -1])
+        for _ in range(new - 1):
+            logits, _, past = model(token, past)
+            token = sample(logits[:, -1])
+
+    generate()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        generate()
+        best = min(best, time.perf_counter() - t0)
+    return {"new_tokens_per_s": batch * new / best, "seconds": best}

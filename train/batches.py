@@ -2,14 +2,12 @@
 import numpy as np
 
 
-def step_rows(perm: np.ndarray, step_in_epoch: int, accumulation: int, batch: int,
-              process_index: int = 0, process_count: int = 1) -> np.ndarray:
-    """Data-set rows of one optimizer step, [A, B / processes]: the global batch is A*B consecutive entries of the
-    epoch's permutation (wrapping at its end so shapes never change); each process takes its columns."""
+def step_rows(perm: np.ndarray, step_in_epoch: int, accumulation: int, batch: int) -> np.ndarray:
+    """Data-set rows of one optimizer step, [A, B]: the global batch is A*B consecutive entries of the epoch's
+    permutation (wrapping at its end so shapes never change). Each process then feeds its columns
+    (train.mesh.process_rows)."""
     per_step = accumulation * batch
-    rows = perm[(step_in_epoch * per_step + np.arange(per_step)) % len(perm)].reshape(accumulation, batch)
-    width = batch // process_count
-    return rows[:, process_index * width:(process_index + 1) * width]
+    return perm[(step_in_epoch * per_step + np.arange(per_step)) % len(perm)].reshape(accumulation, batch)
 
 
 def split_batch(batch: dict, shape: tuple[int, int]) -> tuple[dict, dict]:

@@ -3,7 +3,10 @@
 Every process runs the same `python -m train.run`; after `initialize` jax.devices() lists the devices of all of
 them, the mesh spans them all, and each process feeds only its rows of every batch (engine.Session.batch). What
 is left here: starting the runtime (flags or the launcher's environment), copying a sharded pytree to the host,
-a barrier, and where a resumed run continues in its data.
+and a barrier.
+
+Resuming on another device count, host count or mesh needs no conversion: `--batch_size` is global, so step k
+reads the same rows whatever the layout, and Orbax restores the state into the new run's shardings.
 """
 import os
 
@@ -37,8 +40,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None) -> bool:
     """Join the other processes (explicit flags, else a detected launcher); False when this is the only one.
 
-    Must run before anything touches a device. On CPU, cross-process collectives need gloo (XLA's default CPU
-    client has none); the option only concerns the CPU client, so it is harmless on GPU and TPU.
+    Must run before anything touches a device. On CPU, cross-process collectives need gloo: the default in recent
+    jax, set here for the versions whose CPU client had none. The option only concerns the CPU client, so it is
+    harmless on GPU and TPU.
     """
     explicit = coordinator_address is not None or num_processes is not None or process_id is not None
     if not explicit and launcher() is None:
@@ -69,17 +73,3 @@ def sync(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
 
-
-def resume_step(meta: dict, global_batch: int, steps_per_epoch: int) -> int:
-    """The step of this run that continues where a checkpoint stopped, with no row skipped or repeated.
-
-    The position is rows consumed, `epoch` and `batch_in_epoch * global_batch_then`, and `--batch_size` is global:
-    a different device count, host count or mesh leaves it unchanged. Only a different global batch moves it,
-    to `epoch * steps_per_epoch + consumed / global_batch`, which must land on a step boundary. (The reference
-    rescales its step by the ratio of world sizes, since its batch is per device.)
-    """
-    epoch, consumed = meta["epoch"], meta["batch_in_epoch"] * meta["global_batch"]
-    if consumed % global_batch:
-        raise UsageError(f"--from_resume: the checkpoint stopped {consumed} rows into epoch {epoch}, which is not a "
-                         f"whole number of steps of {global_batch} rows: resume with a global batch dividing {consumed}")
-    return epoch * steps_per_epoch + consumed // global_batch

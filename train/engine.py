@@ -6,6 +6,7 @@ and the stage's state live in the checkpointed TrainState.
 """
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -22,8 +23,8 @@ from minimind_jax.data import SAMPLE_DIR, epoch_permutation, num_batches
 from minimind_jax.tokenizer import Tokenizer
 from train import checkpoint, optim
 from train.batches import split_batch, step_rows
-from train.distributed import host_copy
-from train.mesh import make_mesh, replicated, state_sharding, to_global
+from train.distributed import host_copy, sync
+from train.mesh import make_mesh, process_rows, replicated, state_sharding, to_global
 from train.metrics import MetricsLog, summary
 from train.stage import Run, Stage, UsageError, weight_dir
 from train.state import LossScale, TrainState
@@ -60,10 +61,22 @@ def build_run(stage: Stage, args) -> Run:
                run_dir=weight_dir(args.out_dir, args.save_weight, cfg))
 
 
-def _check_batch(args, mesh):
+RL_STAGES = ("ppo", "grpo", "spo")
+
+
+def _check_mesh(args, mesh):
     devices = mesh.devices.size
     if args.batch_size % devices:
         raise UsageError(f"--batch_size {args.batch_size} must divide by the {devices} devices of the mesh")
+    # Rollouts run on each process's own rows with its local params: right when params are whole on every
+    # process (data parallel), not yet when fsdp/expert split them across hosts, nor for the per-prompt SPO table.
+    if jax.process_count() > 1 and args.stage in RL_STAGES:
+        if math.prod(n for axis, n in mesh.shape.items() if axis != "data") > 1:
+            raise UsageError(f"--stage {args.stage} on {jax.process_count()} processes needs whole params on every "
+                             f"process: use --mesh data=N (got {dict(mesh.shape)})")
+        if getattr(args, "spo_mode", "minimind") == "paper":
+            raise UsageError("--spo_mode paper runs on one process for now (its per-prompt table is not split "
+                             "across hosts); use --spo_mode minimind or one process")
 
 
 def _write_export(run: Run, stage: Stage, state: TrainState, frozen) -> None:
@@ -100,7 +113,8 @@ class Session:
         a = self.run.args
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
         perm = epoch_permutation(a.seed, epoch, len(self.dataset))
-        rows = step_rows(perm, in_epoch, a.accumulation_steps, a.batch_size, jax.process_index(), jax.process_count())
+        rows = step_rows(perm, in_epoch, a.accumulation_steps, a.batch_size)      # [A, B]: the whole step
+        rows = rows[:, process_rows(self.run.mesh, a.batch_size)]                  # [A, B / processes]: ours
         arrays, host = split_batch(self.dataset.batch(rows.reshape(-1)), rows.shape)
         info = {}
         if self.stage.prepare is not None:
@@ -112,7 +126,7 @@ def setup(stage: Stage, args) -> Session:
     """Build the run, read the data, create (or restore with --from_resume 1) the state, and jit the step."""
     run = build_run(stage, args)
     mesh = run.mesh
-    _check_batch(args, mesh)
+    _check_mesh(args, mesh)
     data_path = Path(args.data_path) if args.data_path else SAMPLE_DIR / stage.data_file
     if not data_path.exists():
         raise UsageError(f"--data_path {data_path}: no such file")
@@ -150,6 +164,7 @@ def _clear_checkpoints(run: Run) -> None:
     if jax.process_index() == 0 and ckpt.exists() and any(ckpt.iterdir()):
         print(f"starting afresh (--from_resume 0): removing the earlier run's checkpoints in {ckpt}")
         shutil.rmtree(ckpt)
+    sync("checkpoints cleared")      # no process may open the checkpoint directory before it is cleared
 
 
 def _restore(run: Run, state: TrainState, global_batch: int) -> TrainState:

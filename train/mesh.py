@@ -14,28 +14,31 @@ MIN_SHARDED = 2**14      # leaves smaller than this stay replicated: a collectiv
 
 
 def parse_mesh(spec: str | None, num_devices: int) -> dict[str, int]:
-    """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}; None or '' puts every device on `data`; one size may be -1.
+    """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}; None or '' puts every device on `data`; one size may be -1 (the
+    devices the others leave), and `data` takes them when no axis is -1 and it is not named ('fsdp=4' on 8 devices
+    is data=2,fsdp=4).
 
     The `expert` axis exists only when named ('data=2,expert=4'), so a dense run's mesh is always (data, fsdp).
     """
-    sizes = {"data": -1, "fsdp": 1}
+    named = {}
     for part in filter(None, (spec or "").split(",")):
         name, _, value = (s.strip() for s in part.partition("="))
         if name not in AXES or not value.lstrip("-").isdigit():
             raise ValueError(f"--mesh {spec!r}: expected e.g. 'data=2,fsdp=4' with axes {AXES}")
-        sizes[name] = int(value)
+        named[name] = int(value)
+    if list(named.values()).count(-1) > 1:
+        raise ValueError(f"--mesh {spec!r}: only one axis may be -1")
+    sizes = {"data": 1 if -1 in named.values() else -1, "fsdp": 1, **named}
     known = math.prod(v for v in sizes.values() if v != -1)
-    for name, v in sizes.items():
-        if v == -1:
-            sizes[name] = num_devices // known
+    sizes = {name: num_devices // known if v == -1 else v for name, v in sizes.items()}
     if math.prod(sizes.values()) != num_devices:
         raise ValueError(f"--mesh {spec!r}: {sizes} uses {math.prod(sizes.values())} devices but {num_devices} are visible")
     return sizes
 
 
 def make_mesh(spec: str | None = None, devices=None) -> Mesh:
-    """Devices in jax.devices() order, which groups each process's devices: a process's rows are then one
-    contiguous block of the global batch (what `to_global` assumes)."""
+    """Devices in jax.devices() order (on GPU hosts that groups each process's devices, so a process's rows are one
+    contiguous block of the global batch; `process_rows` does not rely on it)."""
     devices = jax.devices() if devices is None else devices
     sizes = parse_mesh(spec, len(devices))
     return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), tuple(sizes))
@@ -88,7 +91,18 @@ def state_sharding(tree, mesh: Mesh):
                                             tree)
 
 
+def process_rows(mesh: Mesh, batch: int) -> np.ndarray:
+    """int [batch / processes]: which rows of a global batch this process feeds, i.e. those its devices hold under
+    `batch_sharding`, ordered by position (the order make_array_from_process_local_data reads its local data in).
+    Derived from the sharding rather than assumed to be block `process_index`, which holds only when the mesh
+    lists each process's devices together."""
+    index = NamedSharding(mesh, P(mesh.axis_names)).addressable_devices_indices_map((batch,))
+    blocks = sorted({s.indices(batch)[:2] for (s,) in index.values()})          # {(start, stop)} of local shards
+    return np.concatenate([np.arange(start, stop) for start, stop in blocks])
+
+
 def to_global(local_batch: dict, mesh: Mesh, batch_axis: int = 1) -> dict:
-    """This process's rows -> global jax.Arrays sharded over the mesh (the same call on 1 or many hosts)."""
+    """This process's rows (`process_rows`) -> global jax.Arrays sharded over the mesh (the same call on 1 or many
+    hosts)."""
     sharding = batch_sharding(mesh, batch_axis)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}

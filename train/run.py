@@ -12,11 +12,10 @@ from train import stages
 
 
 def init_distributed(args) -> None:
-    """Multi-host through JAX's own runtime: explicit flags, or auto-detection (SLURM, TPU pods) when JAX offers it."""
-    import jax
-    if args.coordinator_address or args.num_processes:
-        jax.distributed.initialize(args.coordinator_address, num_processes=args.num_processes,
-                                   process_id=args.process_id)
+    """Multi-host through JAX's own runtime: explicit flags, or auto-detection (SLURM, Open MPI, TPU pods) when JAX
+    offers it. Before anything touches a device."""
+    from train.distributed import initialize
+    initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
 def run_stage(name: str, args):

@@ -16,21 +16,26 @@ import numpy as np
 import pytest
 
 from tests.train.conftest import TINY, losses_of, train
+from train.mesh import make_mesh, parse_mesh, process_rows
 
 SHAPES = {
     "pretrain": ["--batch_size", "8", "--accumulation_steps", "2", "--max_seq_len", "48", "--learning_rate", "1e-3",
-                 "--max_steps", "4"],
-    "dpo": ["--batch_size", "4", "--max_seq_len", "48", "--learning_rate", "1e-4", "--max_steps", "3"],
+                 "--epochs", "2", "--max_steps", "4"],
+    "dpo": ["--batch_size", "4", "--max_seq_len", "48", "--learning_rate", "1e-3", "--max_steps", "3"],
     "grpo": ["--batch_size", "4", "--max_seq_len", "48", "--max_gen_len", "12", "--num_generations", "2",
-             "--learning_rate", "1e-4", "--max_steps", "2"],
-    "moe": ["--use_moe", "1", "--batch_size", "8", "--accumulation_steps", "1", "--max_seq_len", "48",
-            "--learning_rate", "1e-3", "--max_steps", "3"],
+             "--learning_rate", "1e-3", "--max_steps", "2", "--reward_fn", "tests.train.test_multidevice:text_length_reward"],
+    "moe": ["--use_moe", "1", "--num_hidden_layers", "1", "--batch_size", "8", "--accumulation_steps", "1",
+            "--max_seq_len", "48", "--learning_rate", "1e-3", "--max_steps", "3"],
 }
 DATA = {"pretrain": "pretrain", "dpo": "dpo", "grpo": "rlaif", "moe": "pretrain"}
 MESHES = {"pretrain": ["data=4", "data=2,fsdp=2"], "dpo": ["data=4", "data=2,fsdp=2"],
           "grpo": ["data=4", "data=2,fsdp=2"], "moe": ["fsdp=2,expert=2"]}
-COMPARED = {"grpo": ["loss", "kl", "reward", "response_len"]}       # the rollouts must match, not just the loss
 JOBS = [(case, mesh) for case, meshes in MESHES.items() for mesh in meshes]
+
+
+def text_length_reward(prompts, responses, answers):
+    """A reward that tells completions apart, so GRPO's advantages (and its update) are not all zero."""
+    return np.array([len(r) / 10 for r in responses], np.float32)
 
 
 def stage_of(case: str) -> str:
@@ -57,53 +62,54 @@ def worker(jobs_path: str, report_path: str) -> None:
     report = {}
     for name, (out, argv) in json.loads(Path(jobs_path).read_text()).items():
         args = parser().parse_args(["--out_dir", out, *argv])
-        t0 = __import__("time").time()
         session = run_stage(args.stage, args)
-        print("TIME", name, __import__("time").time() - t0, file=sys.stderr)
         report[name] = {"records": read(session.run.run_dir / "metrics.jsonl"), "layouts": layouts(session.state)}
     Path(report_path).write_text(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
-def four(tmp_path_factory, sample_slices, pretrained) -> dict:
-    """Every (case, mesh) job on four fake devices: {'pretrain data=4': {'records': [...], 'layouts': {...}}}."""
+def runs(tmp_path_factory, sample_slices, pretrained) -> tuple[dict, dict]:
+    """(four, one): every (case, mesh) job on four fake devices, {'pretrain data=4': {'records', 'layouts'}}, and
+    the one-device records of every case, {'pretrain': [...]}, computed here while the subprocess runs."""
+    assert jax.device_count() == 1, "the one-device references must run in a one-device process"
     d = tmp_path_factory.mktemp("four")
     jobs = {f"{case} {mesh}": (str(d / f"{case}_{i}"),
                                ["--stage", stage_of(case), *TINY, *flags(case, sample_slices, pretrained), "--mesh", mesh])
             for i, (case, mesh) in enumerate(JOBS)}
     (d / "jobs.json").write_text(json.dumps(jobs))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    p = subprocess.run([sys.executable, "-m", "tests.train.test_multidevice", str(d / "jobs.json"),
-                        str(d / "report.json")], env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    return json.loads((d / "report.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def one(tmp_path_factory, sample_slices, pretrained):
-    """case -> metrics records of the one-device run (this process), computed once per case."""
-    assert jax.device_count() == 1, "the one-device references must run in a one-device process"
-    cache = {}
-
-    def records(case: str) -> list[dict]:
-        if case not in cache:
-            out = tmp_path_factory.mktemp(f"one_{case}")
-            cache[case] = train(out, stage_of(case), *flags(case, sample_slices, pretrained))
-        return cache[case]
-    return records
+    log = d / "four.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.train.test_multidevice", str(d / "jobs.json"),
+                             str(d / "report.json")], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        one = {case: train(tmp_path_factory.mktemp(f"one_{case}"), stage_of(case), *flags(case, sample_slices, pretrained))
+               for case in MESHES}
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, log.read_text()[-4000:]
+    return json.loads((d / "report.json").read_text()), one
 
 
 @pytest.mark.parametrize("case,mesh", JOBS)
-def test_four_devices_equal_one(four, one, case, mesh):
-    got, want = four[f"{case} {mesh}"]["records"], one(case)
+def test_four_devices_equal_one(runs, case, mesh):
+    four, one = runs
+    got, want = four[f"{case} {mesh}"]["records"], one[case]
     assert [r["step"] for r in got] == [r["step"] for r in want] and len(want) >= 2
-    for key in COMPARED.get(case, ["loss"]):
+    keys = [k for k in want[0] if k != "time" and not k.endswith("_s")]   # every metric but the timings
+    assert "loss" in keys and (case != "grpo" or {"reward", "kl", "response_len"} <= set(keys)), keys
+    for key in keys:
         np.testing.assert_allclose(losses_of(got, key), losses_of(want, key), rtol=1e-5, atol=1e-5, err_msg=key)
+    if case == "grpo":      # step 1 updated the policy (advantages not all zero), so step 2's KL is not trivially 0
+        assert want[-1]["kl"] > 1e-6, want
 
 
-def test_fsdp_splits_params_and_adam_moments(four):
+def test_fsdp_splits_params_and_adam_moments(runs):
     """On data=2,fsdp=2 the embedding [6400, 64] and both Adam moments are halved on each device; on data=4
     everything is whole; on fsdp=2,expert=2 each device holds half the experts, each of them halved again."""
+    four, _ = runs
     split = four["pretrain data=2,fsdp=2"]["layouts"]
     embed = [k for k in split if k.endswith("['embed_tokens']")]
     assert len(embed) == 3, embed                                   # the param, Adam's mu and nu
@@ -117,6 +123,15 @@ def test_fsdp_splits_params_and_adam_moments(four):
     for k in experts:
         (E, *rest), (e, *part) = moe[k]
         assert e == E // 2 and np.prod(part) == np.prod(rest) // 2, (k, moe[k])
+
+
+def test_mesh_flag_and_one_process_rows():
+    """`--mesh` sizes (one may be -1; `data` takes what is left unless another axis does); one process feeds all rows."""
+    assert parse_mesh("fsdp=-1", 4) == {"data": 1, "fsdp": 4}
+    assert parse_mesh("expert=2", 4) == {"data": 2, "fsdp": 1, "expert": 2}
+    with pytest.raises(ValueError, match="only one axis"):
+        parse_mesh("data=-1,fsdp=-1", 4)
+    np.testing.assert_array_equal(process_rows(make_mesh(), 8), np.arange(8))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,7 @@ def free_port() -> int:
 def two_processes(out, *flags):
     """`python -m train.run` twice, as process 0 and 1 of one run, while the body runs here; both are killed if
     either fails or hangs."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}   # what train.distributed.initialize sets
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     address = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "train.run", "--stage", "pretrain", "--out_dir", str(out), *TINY, *flags,
            "--coordinator_address", address, "--num_processes", "2"]
@@ -72,6 +71,7 @@ def test_two_processes_train_like_one_and_resume_in_one(tmp_path, sample_slices)
     # both processes' checkpoint shards restore, resharded onto one device, and the data position carries over
     resumed = train(two, "pretrain", *flags, "--max_steps", "6", "--from_resume", "1")
     one_rest = train(tmp_path / "one", "pretrain", *flags, "--max_steps", "6", "--from_resume", "1")
+    assert resumed[:4] == pair      # it restored step 4: the two-process run's records were kept, not rewritten
     assert [r["step"] for r in resumed] == list(range(1, 7))
     np.testing.assert_allclose(losses_of(resumed), losses_of(one_rest), rtol=1e-5, atol=1e-5)
 

@@ -94,18 +94,13 @@ def test_loss_scale_grows_after_a_period_of_good_steps():
     assert float(ls.scale) == 16.0 and int(ls.good_steps) == 0
 
 
-@given(n=st.integers(1, 200), A=st.integers(1, 4), B=st.sampled_from([1, 2, 4, 8]), procs=st.sampled_from([1, 2, 4]))
-def test_step_rows_cover_the_epoch_and_split_by_process(n, A, B, procs):
-    if B % procs:
-        return
+@given(n=st.integers(1, 200), A=st.integers(1, 4), B=st.sampled_from([1, 2, 4, 8]))
+def test_step_rows_cover_the_epoch(n, A, B):
     perm = np.random.default_rng(n).permutation(n)
     steps = -(-n // (A * B))
     whole = np.concatenate([step_rows(perm, s, A, B).reshape(-1) for s in range(steps)])
     assert set(whole) == set(range(n)) and len(whole) == steps * A * B
     np.testing.assert_array_equal(whole[:n], perm)                      # consecutive entries of the permutation
-    for s in range(steps):
-        parts = [step_rows(perm, s, A, B, p, procs) for p in range(procs)]
-        np.testing.assert_array_equal(np.concatenate(parts, axis=1), step_rows(perm, s, A, B))
 
 
 def test_parse_mesh():
