@@ -4,6 +4,10 @@ bound set by reading the weights once per decoded token (the 512x8 model, prompt
 Two tables: the engine's GRPO (8 generations) and SPO steps, and the sampler alone at batch 4 beside the
 reference's (HF-generate-style PyTorch loop with a KV cache, bench/torch_reference.py) in the same run.
 
+    python -m bench.rl             # speed
+    python -m bench.rl --learn     # the reward rises: GRPO and SPO on verifiable prompts (bench/rl_learn.py)
+    python -m bench.rl --compare   # GRPO vs SPO-minimind vs SPO-paper (bench/rl_compare.py)
+
 The steps are the engine's own (train.engine.setup), from a random-init model that rarely emits eos, so every
 completion runs to full length: the worst case for the sampler.
 """
@@ -14,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from bench import rl_compare
+from bench import rl_compare, rl_learn
 from bench.common import environment, peak_rss_mb, print_table, write_json
 from bench.model import bench_generate
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
@@ -83,6 +87,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--compare" in argv:       # issue 6: GRPO vs SPO (reference) vs SPO (paper), bench/rl_compare.py
         return rl_compare.main([x for x in argv if x != "--compare"])
+    if "--learn" in argv:         # issue 8: GRPO and SPO raise the exact-answer reward, bench/rl_learn.py
+        return rl_learn.main([x for x in argv if x != "--learn"])
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default="small")
     p.add_argument("--gen", type=int, default=256)

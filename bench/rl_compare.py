@@ -96,13 +96,17 @@ def run_method(name: str, a, weights: Path, train_path: Path, eval_path: Path) -
     curve, evals, step = [], [(tokens, greedy_accuracy(s, eval_set))], 0
     next_eval = a.budget / a.evals
     while tokens < a.budget:
-        batch, info = s.batch(step)
+        batch, info = s.batch(step)                       # rollout, reward and log-probs
+        t_update = time.perf_counter()
         s.state, metrics = s.step_fn(s.state, batch, s.frozen)
+        loss = float(jax.device_get(metrics["loss"]))
+        t_update = time.perf_counter() - t_update
         tokens += int(np.asarray(batch["completion_mask"]).sum())
         step += 1
         curve.append({"step": step, "tokens": tokens, "reward": info["reward"],
-                      **{k: info[k] for k in ("baseline", "rho") if k in info},
-                      "loss": float(jax.device_get(metrics["loss"]))})
+                      **{k: info[k] for k in ("baseline", "rho") if k in info}, "loss": loss,
+                      "rollout_s": info["rollout_s"], "reward_s": info["reward_s"], "logps_s": info["logps_s"],
+                      "update_s": t_update})
         if tokens >= next_eval or tokens >= a.budget:
             evals.append((tokens, greedy_accuracy(s, eval_set)))
             next_eval += a.budget / a.evals
@@ -117,7 +121,9 @@ def run_method(name: str, a, weights: Path, train_path: Path, eval_path: Path) -
                "reward_first": float(rewards[:tenth].mean()), "reward_last": float(rewards[-tenth:].mean()),
                "eval_first": evals[0][1], "eval_last": evals[-1][1], "eval_best": max(e for _, e in evals),
                "eval_se": float(np.sqrt(evals[-1][1] * (1 - evals[-1][1]) / len(eval_set["answers"]))),
-               "tokens_per_eval_gain": per_unit(eval_gain), "tokens_per_reward_gain": per_unit(train_gain)}
+               "tokens_per_eval_gain": per_unit(eval_gain), "tokens_per_reward_gain": per_unit(train_gain),
+               **{k: float(np.mean([c[k] for c in curve[1:] or curve]))          # per step, after the compiling one
+                  for k in ("rollout_s", "reward_s", "logps_s", "update_s")}}
     print_table([summary])
     return {"summary": summary, "curve": curve, "evals": evals}
 
