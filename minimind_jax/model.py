@@ -244,6 +244,37 @@ def _attention_bwd(res, d_out):
 grouped_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def query_blocks(T: int) -> int:
+    """Query blocks for causal attention over T positions: 3 skip 1/3 of the masked work at the reference's 340
+    (fwd+bwd ~30% faster on CPU than one block, more blocks lose it again to smaller products); short sequences
+    gain nothing."""
+    return 3 if T >= 192 else 1
+
+
+def causal_attention(q, k, v, bias, dropout_mask, blocks: int):
+    """grouped_attention when the keys are the queries' own T positions (no cache), in `blocks` query blocks:
+    block [s, e) attends only to keys [0, e), so most of the upper triangle that the causal mask discards is never
+    computed. Exactly the same function: the skipped keys have bias -inf for every query of the block.
+
+    q [B, KV, R*T, HD], k/v [B, KV, T, HD], bias [B|1, T, T], dropout_mask None or [B, KV, R*T, T].
+    """
+    if blocks == 1:
+        return grouped_attention(q, k, v, bias, dropout_mask)
+    B, KV, RT, HD = q.shape
+    T = k.shape[2]
+    R = RT // T
+    edges = np.linspace(0, T, blocks + 1).astype(int)
+    q5 = q.reshape(B, KV, R, T, HD)
+    outs = []
+    for s, e in zip(edges[:-1], edges[1:]):
+        qb = q5[:, :, :, s:e].reshape(B, KV, R * (e - s), HD)
+        mb = None if dropout_mask is None else dropout_mask.reshape(B, KV, R, T, T)[:, :, :, s:e, :e].reshape(
+            B, KV, R * (e - s), e)
+        ob = grouped_attention(qb, k[:, :, :e], v[:, :, :e], bias[:, s:e, :e], mb)       # [B, KV, R*(e-s), HD]
+        outs.append(ob.reshape(B, KV, R, e - s, HD))
+    return jnp.concatenate(outs, axis=3).reshape(B, KV, RT, HD)
+
+
 class Attention(nn.Module):
     cfg: MiniMindConfig
     policy: Policy
@@ -266,7 +297,10 @@ class Attention(nn.Module):
             cache_kv = (k, v)
         q = q.reshape(B, KV, (NH // KV) * T, HD) * (1 / math.sqrt(HD))      # the heads that share a kv head
         probs_dropout = dropout_scale(seed, site, q.shape[:3] + (k.shape[2],), cfg.dropout)
-        out = grouped_attention(q, k, v, bias, probs_dropout)                # [B, KV, R*T, HD]
+        if cache_kv is None:                                                 # causal self-attention over T
+            out = causal_attention(q, k, v, bias, probs_dropout, query_blocks(T))
+        else:
+            out = grouped_attention(q, k, v, bias, probs_dropout)            # [B, KV, R*T, HD]
         out = out.reshape(B, NH, T, HD).transpose(0, 2, 1, 3).reshape(B, T, NH * HD)
         out = Linear(cfg.hidden_size, policy, name="o_proj")(out)
         return dropout(out, cfg.dropout, seed, site + 1), cache_kv

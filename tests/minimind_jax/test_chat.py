@@ -11,7 +11,7 @@ from minimind_jax.convert import save_weights
 from minimind_jax.generate import generate
 from minimind_jax.lora import init_lora, lora_to_torch
 
-chat = pytest.importorskip("minimind_jax.chat", reason="tokenizer not yet available")
+from minimind_jax import chat
 
 
 @pytest.fixture(scope="module")

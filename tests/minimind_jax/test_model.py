@@ -10,7 +10,7 @@ import pytest
 
 from minimind_jax import CausalLMOutput, MiniMindConfig, MiniMindForCausalLM, get_policy
 from minimind_jax.convert import params_from_torch
-from minimind_jax.model import attention_bias, grouped_attention
+from minimind_jax.model import attention_bias, causal_attention, grouped_attention
 
 GOLDEN = ["model_dense", "model_dense_padded", "model_moe", "model_moe_tokenaux", "model_yarn", "model_vocab6400"]
 
@@ -98,6 +98,26 @@ def test_attention_custom_gradient_matches_autodiff(with_dropout):
         return value_and_grads(grouped_attention), value_and_grads(naive_attention)
 
     for got, want in zip(*both(q, k, v)):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [2, 3, 5])
+def test_causal_query_blocks_equal_one_block(blocks):
+    """Skipping the masked upper triangle block by block changes nothing: outputs and gradients, with left
+    padding and dropout, at an uneven split (T = 11)."""
+    B, KV, R, T, HD = 2, 2, 2, 11, 8
+    ks = jax.random.split(jax.random.key(1), 5)
+    q = jax.random.normal(ks[0], (B, KV, R * T, HD))
+    k, v = jax.random.normal(ks[1], (B, KV, T, HD)), jax.random.normal(ks[2], (B, KV, T, HD))
+    bias = attention_bias(jnp.arange(T), jnp.array([[0, 0, 0] + [1] * 8, [1] * 11]), T)
+    drop = jax.random.bernoulli(ks[3], 0.8, (B, KV, R * T, T)) / 0.8
+    w = jax.random.normal(ks[4], (B, KV, R * T, HD))
+
+    def value_and_grads(n):
+        loss = lambda q, k, v: jnp.sum(w * causal_attention(q, k, v, bias, drop, n))
+        return (causal_attention(q, k, v, bias, drop, n), *jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+
+    for got, want in zip(value_and_grads(blocks), value_and_grads(1)):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
