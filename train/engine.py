@@ -195,7 +195,11 @@ def train(stage: Stage, args) -> Session:
     step, t_last, s_last = start, time.perf_counter(), start
     while step < s.stop:
         batch, info = s.batch(step)
+        t_update = time.perf_counter()
         s.state, metrics = s.step_fn(s.state, batch, s.frozen)
+        if "rollout_s" in info:        # RL: the next rollout waits for these params anyway, so timing costs nothing
+            jax.block_until_ready(metrics)
+            info = {**info, "update_s": time.perf_counter() - t_update}
         step += 1
         bar.update(1)
         if step % args.log_interval == 0 or step == s.stop:

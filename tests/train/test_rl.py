@@ -17,7 +17,8 @@ def test_rl_stage_runs_and_logs(tmp_path, pretrained, sample_slices, stage, extr
     shutil.copytree(pretrained, out)
     rec = train(out, stage, "--data_path", str(sample_slices["rlaif"]), *RL, *extra, "--max_steps", "3")
     assert [r["step"] for r in rec] == [1, 2, 3]
-    for key in ("loss", "reward", "kl" if stage != "ppo" else "kl_ref", "response_len", "rollout_s", "reward_s"):
+    for key in ("loss", "reward", "kl" if stage != "ppo" else "kl_ref", "response_len", "rollout_s", "reward_s",
+                "update_s"):
         assert key in rec[-1] and np.isfinite(rec[-1][key]), key
     if stage == "spo":
         assert 0 < rec[-1]["baseline"] < 1 and 0.5 <= rec[-1]["rho"] <= 0.96
