@@ -77,8 +77,16 @@ def is_expert_leaf(path) -> bool:
     return any(getattr(k, "key", None) == "experts" for k in path)
 
 
+def is_table_leaf(path) -> bool:
+    """Per-prompt state over the data set (SPO-paper's tracker table, [N, ...]) lives under a key named `table`."""
+    return any(getattr(k, "key", None) == "table" for k in path)
+
+
 def param_spec(path, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """A param's (or optimizer moment's) layout: experts over `expert` on their leading dim, then `fsdp`."""
+    """A param's (or optimizer moment's) layout: experts over `expert` on their leading dim, then `fsdp`.
+    Per-prompt tables are split by prompt over every device, like the data (whole when N does not divide)."""
+    if is_table_leaf(path):
+        return P(mesh.axis_names) if shape and shape[0] % mesh.devices.size == 0 else P()
     expert = mesh.shape.get("expert", 1)
     taken = ((0, "expert"),) if expert > 1 and is_expert_leaf(path) and shape and shape[0] % expert == 0 else ()
     return fsdp_spec(shape, mesh.shape["fsdp"], taken)

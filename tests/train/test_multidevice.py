@@ -1,4 +1,5 @@
-"""Four devices give the losses of one: data parallel, FSDP and an expert axis, for pretrain, DPO and GRPO.
+"""Four devices give the losses of one: data parallel, FSDP and an expert axis, for pretrain, DPO, GRPO and
+SPO as its paper defines it (whose per-prompt table is split by prompt over the devices).
 
 The four devices are fake CPU devices (`--xla_force_host_platform_device_count=4`) in one subprocess, which runs
 every four-device job in turn (`python -m tests.train.test_multidevice JOBS REPORT`, one JAX start-up for all);
@@ -26,10 +27,14 @@ SHAPES = {
              "--learning_rate", "1e-3", "--max_steps", "2", "--reward_fn", "tests.train.test_multidevice:text_length_reward"],
     "moe": ["--use_moe", "1", "--num_hidden_layers", "1", "--batch_size", "8", "--accumulation_steps", "1",
             "--max_seq_len", "48", "--learning_rate", "1e-3", "--max_steps", "3"],
+    "spo_paper": ["--spo_mode", "paper", "--spo_init_samples", "1", "--reasoning", "0", "--answer_reward", "0",
+                  "--reward_fn", "tests.train.test_spo_paper:parity_reward", "--batch_size", "4",
+                  "--accumulation_steps", "1", "--max_seq_len", "48", "--max_gen_len", "12", "--learning_rate", "1e-3",
+                  "--epochs", "2", "--max_steps", "4"],
 }
-DATA = {"pretrain": "pretrain", "dpo": "dpo", "grpo": "rlaif", "moe": "pretrain"}
+DATA = {"pretrain": "pretrain", "dpo": "dpo", "grpo": "rlaif", "moe": "pretrain", "spo_paper": "rlaif"}
 MESHES = {"pretrain": ["data=4", "data=2,fsdp=2"], "dpo": ["data=4", "data=2,fsdp=2"],
-          "grpo": ["data=4", "data=2,fsdp=2"], "moe": ["fsdp=2,expert=2"]}
+          "grpo": ["data=4", "data=2,fsdp=2"], "moe": ["fsdp=2,expert=2"], "spo_paper": ["data=4"]}
 JOBS = [(case, mesh) for case, meshes in MESHES.items() for mesh in meshes]
 
 
@@ -39,17 +44,18 @@ def text_length_reward(prompts, responses, answers):
 
 
 def stage_of(case: str) -> str:
-    return "pretrain" if case == "moe" else case
+    return {"moe": "pretrain", "spo_paper": "spo"}.get(case, case)
 
 
 def flags(case: str, slices: dict, pretrained: Path) -> list[str]:
-    start = ["--from_weight", str(pretrained / "full_sft_64")] if case in ("dpo", "grpo") else []
+    start = ["--from_weight", str(pretrained / "full_sft_64")] if case in ("dpo", "grpo", "spo_paper") else []
     return ["--data_path", str(slices[DATA[case]]), *start, *SHAPES[case]]
 
 
 def layouts(state) -> dict[str, list]:
-    """{path: [global shape, shape of this device's shard]} of every param and optimizer-state leaf."""
-    leaves = jax.tree_util.tree_leaves_with_path({"params": state.params, "opt_state": state.opt_state})
+    """{path: [global shape, shape of this device's shard]} of every param, optimizer-state and extra leaf."""
+    leaves = jax.tree_util.tree_leaves_with_path({"params": state.params, "opt_state": state.opt_state,
+                                                  "extra": state.extra})
     return {jax.tree_util.keystr(p): [list(x.shape), list(x.addressable_shards[0].data.shape)] for p, x in leaves}
 
 
@@ -123,6 +129,15 @@ def test_fsdp_splits_params_and_adam_moments(runs):
     for k in experts:
         (E, *rest), (e, *part) = moe[k]
         assert e == E // 2 and np.prod(part) == np.prod(rest) // 2, (k, moe[k])
+
+
+def test_spo_paper_table_is_split_by_prompt(runs):
+    """The 16-prompt table: each of the four devices holds 4 prompts' trackers and stored responses."""
+    four, _ = runs
+    table = {k: v for k, v in four["spo_paper data=4"]["layouts"].items() if "['table']" in k}
+    assert len(table) == 6, table
+    for k, ((n, *rest), (part, *part_rest)) in table.items():
+        assert n == 16 and part == 4 and rest == part_rest, (k, table[k])
 
 
 def test_mesh_flag_and_one_process_rows():
