@@ -136,6 +136,17 @@ class MiniMind(nn.Module):
         return (logits, aux) if past is None else (logits, aux, new)
 
 
+def best_seconds(fn, repeat: int) -> float:
+    """Best wall-clock seconds of fn() over `repeat` calls, after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=5, threads=None) -> dict:
     """fp32 train steps of the reference recipe: masked CE + aux, AdamW, global-norm clip 1.0."""
     if threads:
@@ -157,12 +168,7 @@ def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()
-    best = float("inf")
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(step, steps)
     return {"tokens_per_s": batch * seq / best, "step_s": best,
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -191,10 +197,5 @@ def decode_tokens_per_s(hidden=512, layers=8, batch=4, prompt=66, new=256, repea
             logits, _, past = model(token, past)
             token = sample(logits[:, -1])
 
-    generate()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        generate()
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(generate, repeat)
     return {"new_tokens_per_s": batch * new / best, "seconds": best}
