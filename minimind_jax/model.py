@@ -337,27 +337,74 @@ def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
     return jnp.sum(scores.mean(axis=0) * f) * cfg.aux_loss_alpha
 
 
-class Experts(nn.Module):
-    """E SwiGLU experts as stacked arrays, run as one matmul over all of them.
+def expert_block(tokens: int, cfg: MiniMindConfig) -> int | None:
+    """Rows per block of the block-sparse expert dispatch, or None for the dense one: blocks pay when the padding
+    they add (up to a block per expert) is small against the E - k experts a token skips (training, prefill);
+    a few decoding tokens are cheaper dense."""
+    E, k, block = cfg.n_routed_experts, cfg.num_experts_per_tok, 256
+    return block if tokens * (E - k) > 2 * E * block else None
 
-    Each token's intermediate activations are scaled by its routing weight (0 for unchosen experts) before the
-    down projection, because  sum_e w_e * down_e(a_e) = [down_1 .. down_E] @ [w_1 a_1 .. w_E a_E].
-    Exact, with no Python loop, gather or scatter, at E/k times the routed FLOPs of a sparse dispatch.
+
+def dense_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx):
+    """Every expert on every token, unchosen ones weighted 0: sum_e w_e down_e(a_e) = [down_1..down_E] @ [w_e a_e].
+
+    x [N, H], w_gate/w_up [E, H, I], w_down [E, I, H], topk_* [N, k] -> [N, H] f32. E/k times the routed FLOPs.
     """
+    N, E, I = x.shape[0], w_gate.shape[0], w_gate.shape[2]
+    combine = jnp.einsum("nk,nke->ne", topk_weight, jax.nn.one_hot(topk_idx, E, dtype=F32))             # [N, E]
+    gate = jnp.einsum("nh,ehi->nei", x, w_gate, preferred_element_type=F32)                              # [N, E, I]
+    up = jnp.einsum("nh,ehi->nei", x, w_up, preferred_element_type=F32)
+    act = (nn.silu(gate) * up * combine[:, :, None]).astype(x.dtype)
+    return jnp.dot(act.reshape(N, E * I), w_down.reshape(E * I, -1), preferred_element_type=F32)
+
+
+def block_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, block: int):
+    """The same sum over only the chosen (token, expert) pairs, with static shapes: the N*k pairs sorted by expert,
+    each expert's run padded to whole blocks of `block` rows, one batched matmul over the blocks with each block's
+    expert's weights, and the rows added back to their tokens. Padding rows have weight 0.
+
+    Slots M = N*k + E*(block-1) rounded up to blocks (~1.8x faster than dense fwd+bwd for 4 experts, top-2, at the
+    moe preset's 2720 tokens on CPU; jax.lax.ragged_dot measured slower than dense there).
+    """
+    N, H = x.shape
+    E, k = w_gate.shape[0], topk_idx.shape[1]
+    A = N * k
+    M = -(-(A + E * (block - 1)) // block) * block
+    expert = topk_idx.reshape(-1)                                            # [A] expert of each pair
+    order = jnp.argsort(expert, stable=True)
+    sizes = jnp.bincount(expert, length=E)                                   # [E] pairs per expert
+    padded = (sizes + block - 1) // block * block
+    slot = (jnp.cumsum(padded) - padded - jnp.cumsum(sizes) + sizes)[expert[order]] + jnp.arange(A)   # [A]
+    token = jnp.zeros((M,), jnp.int32).at[slot].set(order // k)              # [M] padding rows read token 0 ...
+    weight = jnp.zeros((M,), F32).at[slot].set(topk_weight.reshape(-1)[order])   # ... with weight 0
+    block_expert = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded), jnp.arange(M // block) * block, side="right"),
+                               E - 1)                                        # [M / block]
+    xb = x[token].reshape(M // block, block, H)
+    gate = jnp.einsum("bch,bhi->bci", xb, w_gate[block_expert], preferred_element_type=F32)
+    up = jnp.einsum("bch,bhi->bci", xb, w_up[block_expert], preferred_element_type=F32)
+    act = (nn.silu(gate) * up * weight.reshape(M // block, block, 1)).astype(x.dtype)
+    rows = jnp.einsum("bci,bih->bch", act, w_down[block_expert], preferred_element_type=F32).reshape(M, H)
+    return jnp.zeros((N, H), F32).at[token].add(rows)
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts as stacked arrays [E, ...] (no Python loop over experts), run densely for a few tokens and
+    block-sparse for many (expert_block)."""
     cfg: MiniMindConfig
     policy: Policy
 
     @nn.compact
-    def __call__(self, x, combine):                              # x [N, H], combine f32 [N, E] -> [N, H]
+    def __call__(self, x, topk_weight, topk_idx):               # x [N, H], topk_* [N, k] -> [N, H]
         E, H, I = self.cfg.n_routed_experts, self.cfg.hidden_size, self.cfg.intermediate_size
         w_gate = Kernel((E, H, I), self.policy, name="gate_proj")()
         w_up = Kernel((E, H, I), self.policy, name="up_proj")()
         w_down = Kernel((E, I, H), self.policy, name="down_proj")()
         x = x.astype(self.policy.compute_dtype)
-        gate = jnp.einsum("nh,ehi->nei", x, w_gate, preferred_element_type=F32)            # [N, E, I]
-        up = jnp.einsum("nh,ehi->nei", x, w_up, preferred_element_type=F32)
-        act = (nn.silu(gate) * up * combine[:, :, None]).astype(self.policy.compute_dtype)
-        out = jnp.dot(act.reshape(-1, E * I), w_down.reshape(E * I, H), preferred_element_type=F32)   # [N, H]
+        block = expert_block(x.shape[0], self.cfg)
+        if block is None:
+            out = dense_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx)
+        else:
+            out = block_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, block)
         return out.astype(self.policy.compute_dtype)
 
 
@@ -383,9 +430,7 @@ class MoEFeedForward(nn.Module):
         topk_weight, topk_idx = lax.top_k(scores, k)                         # [N, k]
         if k > 1 and cfg.norm_topk_prob:
             topk_weight = topk_weight / (jnp.sum(topk_weight, axis=-1, keepdims=True) + 1e-20)
-        combine = jnp.einsum("nk,nke->ne", topk_weight, jax.nn.one_hot(topk_idx, E, dtype=F32))  # [N, E]
-
-        out = Experts(cfg, policy, name="experts")(x2, combine).reshape(B, T, H)
+        out = Experts(cfg, policy, name="experts")(x2, topk_weight, topk_idx).reshape(B, T, H)
         out = dropout(out, cfg.dropout, seed, site)
         if cfg.n_shared_experts > 0:
             out = out + FeedForward(cfg, policy, cfg.n_shared_experts * cfg.intermediate_size,

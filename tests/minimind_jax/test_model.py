@@ -10,7 +10,8 @@ import pytest
 
 from minimind_jax import CausalLMOutput, MiniMindConfig, MiniMindForCausalLM, get_policy
 from minimind_jax.convert import params_from_torch
-from minimind_jax.model import attention_bias, causal_attention, grouped_attention
+from minimind_jax.model import (attention_bias, block_experts, causal_attention, dense_experts,
+                                grouped_attention)
 
 GOLDEN = ["model_dense", "model_dense_padded", "model_moe", "model_moe_tokenaux", "model_yarn", "model_vocab6400"]
 
@@ -119,6 +120,28 @@ def test_causal_query_blocks_equal_one_block(blocks):
 
     for got, want in zip(value_and_grads(blocks), value_and_grads(1)):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_block_sparse_experts_equal_dense(block):
+    """The block-sparse MoE dispatch computes the dense one's sum exactly (values, and gradients for the input,
+    every expert weight and the routing weights), also when one expert gets no token."""
+    N, H, I, E, k = 37, 8, 12, 4, 2
+    ks = jax.random.split(jax.random.key(2), 6)
+    x = jax.random.normal(ks[0], (N, H))
+    w_gate, w_up = jax.random.normal(ks[1], (E, H, I)), jax.random.normal(ks[2], (E, H, I))
+    w_down = jax.random.normal(ks[3], (E, I, H))
+    logits = jax.random.normal(ks[4], (N, E)).at[:, 3].set(-9.0)               # expert 3 is never chosen
+    topk_weight, topk_idx = jax.lax.top_k(jax.nn.softmax(logits), k)
+    target = jax.random.normal(ks[5], (N, H))
+
+    def value_and_grads(f):
+        loss = lambda *a: jnp.sum(target * f(*a, topk_idx))
+        args = (x, w_gate, w_up, w_down, topk_weight)
+        return (f(*args, topk_idx), *jax.grad(loss, argnums=range(5))(*args))
+
+    for got, want in zip(value_and_grads(partial(block_experts, block=block)), value_and_grads(dense_experts)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
