@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimind_jax import MiniMindConfig, MiniMindCritic, MiniMindForCausalLM, MiniMindRewardModel
+from minimind_jax import MiniMindConfig, MiniMindCritic, MiniMindRewardModel
 from minimind_jax.convert import params_from_torch
 from minimind_jax.heads import init_head_params, last_token_index
 
@@ -25,17 +25,8 @@ def test_critic_values_match_reference(golden, name):
     np.testing.assert_allclose(values, g["values"], atol=1e-4, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def lm():
-    cfg = MiniMindConfig.from_preset("tiny", vocab_size=64)
-    model = MiniMindForCausalLM(cfg)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    rng = np.random.default_rng(0)
-    return cfg, model, jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
-
-
-def test_init_head_params_shares_the_backbone(lm):
-    cfg, model, params = lm
+def test_init_head_params_shares_the_backbone(random_lm):
+    cfg, model, params = random_lm
     for head in (MiniMindCritic(cfg), MiniMindRewardModel(cfg)):
         hp = init_head_params(params, head, jax.random.key(1))
         assert set(hp) == {"model", head.head_name}
@@ -43,8 +34,8 @@ def test_init_head_params_shares_the_backbone(lm):
         assert hp[head.head_name]["kernel"].shape == (cfg.hidden_size, 1) and hp[head.head_name]["bias"].shape == (1,)
 
 
-def test_critic_is_the_value_head_on_the_lm_hidden_states(lm):
-    cfg, model, params = lm
+def test_critic_is_the_value_head_on_the_lm_hidden_states(random_lm):
+    cfg, model, params = random_lm
     critic = MiniMindCritic(cfg)
     hp = init_head_params(params, critic, jax.random.key(1))
     ids = jnp.asarray(np.random.default_rng(2).integers(0, 64, (2, 7)), jnp.int32)
@@ -54,8 +45,8 @@ def test_critic_is_the_value_head_on_the_lm_hidden_states(lm):
     np.testing.assert_allclose(values, (hidden @ head["kernel"])[..., 0] + head["bias"][0], atol=1e-5)
 
 
-def test_reward_model_scores_the_last_real_token(lm):
-    cfg, model, params = lm
+def test_reward_model_scores_the_last_real_token(random_lm):
+    cfg, model, params = random_lm
     rm = MiniMindRewardModel(cfg)
     hp = init_head_params(params, rm, jax.random.key(1))
     score = jax.jit(rm.apply)

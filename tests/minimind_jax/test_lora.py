@@ -9,16 +9,6 @@ from minimind_jax import MiniMindConfig, MiniMindForCausalLM
 from minimind_jax.lora import apply_lora, init_lora, lora_from_torch, lora_targets, lora_to_torch, merge_lora
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = MiniMindConfig.from_preset("tiny", vocab_size=64)
-    model = MiniMindForCausalLM(cfg)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
-    return cfg, model, params
-
-
 def test_targets_are_the_square_linears():
     cfg = MiniMindConfig.from_preset("small")
     shapes = jax.eval_shape(MiniMindForCausalLM(cfg).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
@@ -27,8 +17,8 @@ def test_targets_are_the_square_linears():
     assert len(targets) == 2 * cfg.num_hidden_layers and set(targets.values()) == {(512, 512)}
 
 
-def test_init_is_a_no_op(tiny):
-    cfg, _, params = tiny
+def test_init_is_a_no_op(random_lm):
+    cfg, _, params = random_lm
     lora = init_lora(jax.random.key(0), params, cfg, rank=4)
     q = lora["model"]["layers_1"]["self_attn"]["q_proj"]
     assert q["a"].shape == (64, 4) and q["b"].shape == (4, 64)
@@ -40,8 +30,8 @@ def test_init_is_a_no_op(tiny):
         np.testing.assert_array_equal(x, y)
 
 
-def test_effective_weight_and_gradients(tiny):
-    cfg, model, params = tiny
+def test_effective_weight_and_gradients(random_lm):
+    cfg, model, params = random_lm
     lora = init_lora(jax.random.key(0), params, cfg, rank=4)
     lora = jax.tree.map(lambda x: x + 0.01, lora)                            # B != 0 now
     q = lora["model"]["layers_0"]["self_attn"]["q_proj"]
@@ -56,8 +46,8 @@ def test_effective_weight_and_gradients(tiny):
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
 
 
-def test_reference_names_and_round_trip(tiny):
-    cfg, _, params = tiny
+def test_reference_names_and_round_trip(random_lm):
+    cfg, _, params = random_lm
     lora = init_lora(jax.random.key(0), params, cfg, rank=8)
     sd = lora_to_torch(lora, cfg)
     assert sd["model.layers.0.self_attn.q_proj.lora.A.weight"].shape == (8, 64)      # (rank, in)
