@@ -58,11 +58,14 @@ def starting_model(path: str | None, work: Path) -> Path:
     return trained_here
 
 
-def split_prompts(work: Path, n_train: int, n_eval: int) -> tuple[Path, Path]:
-    """The first n_train rows of the embedded prompts to train on (few enough that prompts come back, which the
-    per-prompt trackers need), the next n_eval to evaluate on."""
-    with (SAMPLE_DIR / "rlaif.jsonl").open() as f:
-        rows = list(itertools.islice(f, n_train + n_eval))
+def split_prompts(work: Path, n_train: int, n_eval: int, keep=lambda line: True) -> tuple[Path, Path]:
+    """The first n_train rows of the embedded prompts that `keep` accepts to train on (few enough that prompts come
+    back, which the per-prompt trackers need), the next n_eval to evaluate on."""
+    path = SAMPLE_DIR / "rlaif.jsonl"
+    with path.open() as f:
+        rows = list(itertools.islice(filter(keep, f), n_train + n_eval))
+    if len(rows) < n_train + n_eval:
+        raise SystemExit(f"{path}: only {len(rows)} prompts to choose from, asked for {n_train + n_eval}")
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.jsonl").write_text("".join(rows[:n_train]))
     (work / "eval.jsonl").write_text("".join(rows[n_train:]))

@@ -15,20 +15,11 @@ import numpy as np
 
 from bench import rl_compare
 from bench.common import environment, peak_rss_mb, print_table, write_json
-from minimind_jax.data import SAMPLE_DIR
 
 
-def single_digit_prompts(work: Path, n_train: int, n_eval: int) -> tuple[Path, Path]:
-    """The first n_train rows of rlaif.jsonl whose reference answer is one digit to train on, the next n_eval to
-    evaluate on (disjoint prompts)."""
-    with (SAMPLE_DIR / "rlaif.jsonl").open() as f:
-        rows = [line for line in f if len(json.loads(line)["conversations"][-1]["content"].strip()) == 1]
-    if len(rows) < n_train + n_eval:
-        raise SystemExit(f"{SAMPLE_DIR / 'rlaif.jsonl'}: only {len(rows)} one-digit prompts, asked for {n_train + n_eval}")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "train.jsonl").write_text("".join(rows[:n_train]))
-    (work / "eval.jsonl").write_text("".join(rows[n_train:n_train + n_eval]))
-    return work / "train.jsonl", work / "eval.jsonl"
+def one_digit_answer(line: str) -> bool:
+    """An rlaif.jsonl row whose reference answer is one digit: the prompts a 64x2 model can get right at all."""
+    return len(json.loads(line)["conversations"][-1]["content"].strip()) == 1
 
 
 def gain_in_se(summary: dict, n_eval: int) -> float:
@@ -41,11 +32,11 @@ def gain_in_se(summary: dict, n_eval: int) -> float:
 def learn(a) -> dict:
     """{method: {'summary', 'curve', 'evals'}} for every method in a.methods (see rl_compare.run_method)."""
     weights = rl_compare.starting_model(a.start, a.work / "base")
-    train_path, eval_path = single_digit_prompts(a.work, a.prompts, a.eval)
+    train_path, eval_path = rl_compare.split_prompts(a.work, a.prompts, a.eval, keep=one_digit_answer)
     results = {}
     for name in a.methods.split(","):
         print(f"\n=== {name} ===", flush=True)
-        run_args = Namespace(**{**vars(a), "lr": a.lr, "init_samples": 0})
+        run_args = Namespace(**vars(a), init_samples=0)
         results[name] = rl_compare.run_method(name, run_args, weights, train_path, eval_path)
         results[name]["summary"]["gain_se"] = gain_in_se(results[name]["summary"], a.eval)
     return results
