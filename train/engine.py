@@ -61,16 +61,14 @@ def build_run(stage: Stage, args) -> Run:
                run_dir=weight_dir(args.out_dir, args.save_weight, cfg))
 
 
-RL_STAGES = ("ppo", "grpo", "spo")
-
-
-def _check_mesh(args, mesh):
+def _check_mesh(stage: Stage, args, mesh):
     devices = mesh.devices.size
     if args.batch_size % devices:
         raise UsageError(f"--batch_size {args.batch_size} must divide by the {devices} devices of the mesh")
-    # Rollouts run on each process's own rows with its local params: right when params are whole on every
-    # process (data parallel), not yet when fsdp/expert split them across hosts, nor for the per-prompt SPO table.
-    if jax.process_count() > 1 and args.stage in RL_STAGES:
+    # A stage's `prepare` (the RL rollouts) runs on each process's own rows with its local params: right when params
+    # are whole on every process (data parallel), not yet when fsdp/expert split them across hosts, nor for the
+    # per-prompt SPO table.
+    if jax.process_count() > 1 and stage.prepare is not None:
         if math.prod(n for axis, n in mesh.shape.items() if axis != "data") > 1:
             raise UsageError(f"--stage {args.stage} on {jax.process_count()} processes needs whole params on every "
                              f"process: use --mesh data=N (got {dict(mesh.shape)})")
@@ -126,7 +124,7 @@ def setup(stage: Stage, args) -> Session:
     """Build the run, read the data, create (or restore with --from_resume 1) the state, and jit the step."""
     run = build_run(stage, args)
     mesh = run.mesh
-    _check_mesh(args, mesh)
+    _check_mesh(stage, args, mesh)
     data_path = Path(args.data_path) if args.data_path else SAMPLE_DIR / stage.data_file
     if not data_path.exists():
         raise UsageError(f"--data_path {data_path}: no such file")
