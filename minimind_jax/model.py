@@ -373,11 +373,14 @@ def block_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, block: int):
     expert = topk_idx.reshape(-1)                                            # [A] expert of each pair
     order = jnp.argsort(expert, stable=True)
     sizes = jnp.bincount(expert, length=E)                                   # [E] pairs per expert
-    padded = (sizes + block - 1) // block * block
-    slot = (jnp.cumsum(padded) - padded - jnp.cumsum(sizes) + sizes)[expert[order]] + jnp.arange(A)   # [A]
+    padded = (sizes + block - 1) // block * block                            # [E] its run, whole blocks
+    padded_end = jnp.cumsum(padded)
+    sorted_start = jnp.cumsum(sizes) - sizes                                 # [E] its first pair in sorted order
+    sorted_expert = expert[order]
+    slot = (padded_end - padded)[sorted_expert] + jnp.arange(A) - sorted_start[sorted_expert]   # [A]
     token = jnp.zeros((M,), jnp.int32).at[slot].set(order // k)              # [M] padding rows read token 0 ...
     weight = jnp.zeros((M,), F32).at[slot].set(topk_weight.reshape(-1)[order])   # ... with weight 0
-    block_expert = jnp.minimum(jnp.searchsorted(jnp.cumsum(padded), jnp.arange(M // block) * block, side="right"),
+    block_expert = jnp.minimum(jnp.searchsorted(padded_end, jnp.arange(M // block) * block, side="right"),
                                E - 1)                                        # [M / block]
     xb = x[token].reshape(M // block, block, H)
     gate = jnp.einsum("bch,bhi->bci", xb, w_gate[block_expert], preferred_element_type=F32)
