@@ -54,16 +54,20 @@ def time_steps(s, steps: int) -> dict:
     return {k: float(np.mean(v)) for k, v in parts.items()}
 
 
+def decode_bound(params, dtype: str, bandwidth: float) -> float:
+    """Decode steps/s if a step only read every weight once, in `dtype`, at `bandwidth` bytes/s."""
+    return bandwidth / sum(x.size * jax.numpy.dtype(dtype).itemsize for x in jax.tree.leaves(params))
+
+
 def sampler_rows(preset: str, batch: int, prompt: int, new: int, bandwidth: float, torch_ref: bool) -> list[dict]:
     """New tokens/s of generate() with fp32 and bf16 weights, and of the reference's sampler, at one shape."""
     cfg = MiniMindConfig.from_preset(preset)
     params = jax.jit(MiniMindForCausalLM(cfg).init)(jax.random.key(0), jax.numpy.zeros((1, 8), jax.numpy.int32))["params"]
-    fp32_bytes = sum(x.size * 4 for x in jax.tree.leaves(params))
     rows = []
     for dtype in ("float32", "bfloat16"):
         weights = jax.tree.map(lambda x: x.astype(dtype), params)
         r = bench_generate(cfg, weights, batch, prompt, new, repeat=2)
-        bound = bandwidth / (fp32_bytes * (1 if dtype == "float32" else 0.5))
+        bound = decode_bound(params, dtype, bandwidth)
         rows.append({"sampler": "minimind-jax generate", "weights": dtype, "batch": batch,
                      "new_tok/s": r["new_tokens_per_s"], "decode_steps/s": new / r["seconds"],
                      "of_bound": new / r["seconds"] / bound, "compile_s": r["compile_s"]})
@@ -77,7 +81,8 @@ def sampler_rows(preset: str, batch: int, prompt: int, new: int, bandwidth: floa
             r = decode_tokens_per_s(cfg.hidden_size, cfg.num_hidden_layers, batch, prompt, new)
             rows.append({"sampler": "reference (torch, KV cache)", "weights": "float32", "batch": batch,
                          "new_tok/s": r["new_tokens_per_s"], "decode_steps/s": new / r["seconds"],
-                         "of_bound": new / r["seconds"] / (bandwidth / fp32_bytes), "compile_s": 0.0})
+                         "of_bound": new / r["seconds"] / decode_bound(params, "float32", bandwidth),
+                         "compile_s": 0.0})
             for row in rows[:-1]:
                 row["x_reference"] = row["new_tok/s"] / r["new_tokens_per_s"]
     return rows
@@ -105,10 +110,9 @@ def main(argv=None):
         for dtype in ("float32", "bfloat16"):
             s = session(stage, a.preset, a.gen, dtype, a.out_dir, extra)
             r = time_steps(s, a.steps)
-            weight_bytes = sum(x.size for x in jax.tree.leaves(s.state.params)) * (4 if dtype == "float32" else 2)
             rows_per_step = r["new_tokens"] / a.gen                  # completions decoded together
             decode_steps_per_s = a.gen / r["rollout_s"]
-            bound = a.bandwidth / weight_bytes                       # decode steps/s if only the weights were read
+            bound = decode_bound(s.state.params, dtype, a.bandwidth)
             rows.append({"stage": stage, "rollout_dtype": dtype, "batch": int(rows_per_step),
                          "rollout_s": r["rollout_s"], "reward_s": r["reward_s"], "logps_s": r["logps_s"],
                          "update_s": r["update_s"], "new_tok/s": r["new_tokens"] / r["rollout_s"],
