@@ -20,7 +20,7 @@ import numpy as np
 from minimind_jax.config import MiniMindConfig
 from minimind_jax.convert import load_weights, read_state_dict
 from minimind_jax.generate import decoding_model, sample_token
-from minimind_jax.lora import lora_from_torch, merge_lora
+from minimind_jax.lora import apply_lora, lora_from_torch
 from minimind_jax.model import KVCache, MiniMindForCausalLM
 from minimind_jax.precision import get_policy
 from minimind_jax.tokenizer import Tokenizer
@@ -56,7 +56,7 @@ def load_model(args) -> tuple[MiniMindForCausalLM, dict]:
     params = load_weights(path, cfg)
     if args.lora_weight:
         lora_path = weights_path(args.lora_weight, args.out_dir, cfg)
-        params = merge_lora(params, lora_from_torch(read_state_dict(lora_path), params, cfg, source=str(lora_path)))
+        params = apply_lora(params, lora_from_torch(read_state_dict(lora_path), params, cfg, source=str(lora_path)))
     return model, params
 
 

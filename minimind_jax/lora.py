@@ -45,9 +45,6 @@ def apply_lora(params, lora_params) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-merge_lora = apply_lora      # for export the merged weights are exactly what apply_lora computes
-
-
 def _torch_name(path: tuple[str, ...]) -> str:
     """('model', 'layers_0', 'self_attn', 'q_proj') -> 'model.layers.0.self_attn.q_proj'."""
     return ".".join(re.sub(r"^layers_(\d+)$", r"layers.\1", p) for p in path)
@@ -63,8 +60,17 @@ def lora_to_torch(lora_params, cfg: MiniMindConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def lora_from_torch(state_dict: dict, params, cfg: MiniMindConfig, source: str = "state_dict") -> dict:
-    """Adapters for `params`' square kernels from the reference's names; one-line errors name the tensor."""
+def lora_from_torch(state_dict: dict, params, cfg: MiniMindConfig, source: str = "state_dict",
+                    rank: int | None = None) -> dict:
+    """Adapters for `params`' square kernels from the reference's names; one-line errors name the tensor.
+
+    Every tensor must belong to an adapter of this model (a file for another model size or layout is refused, not
+    partly loaded), and with `rank` given every adapter must have that rank."""
+    expected = {f"{_torch_name(path)}.lora.{x}.weight" for path in lora_targets(params) for x in "AB"}
+    unexpected = sorted(set(state_dict) - expected)
+    if unexpected:
+        raise ValueError(f"{source}: {len(unexpected)} tensors are no LoRA adapter of this model (first: "
+                         f"{unexpected[0]}); expected names like {min(expected)}")
     flat = {}
     for path, (n_in, n_out) in lora_targets(params).items():
         name = _torch_name(path)
@@ -76,5 +82,7 @@ def lora_from_torch(state_dict: dict, params, cfg: MiniMindConfig, source: str =
         if a.ndim != 2 or a.shape[1] != n_in or b.shape != (n_out, a.shape[0]):
             raise ValueError(f"{source}: LoRA tensors {a_name} {a.shape} / {b_name} {b.shape} do not fit a "
                              f"({n_out}, {n_in}) weight")
+        if rank is not None and a.shape[0] != rank:
+            raise ValueError(f"{source}: {a_name} has rank {a.shape[0]}, the run's --lora_rank is {rank}")
         flat[path + ("a",)], flat[path + ("b",)] = jnp.asarray(a.T), jnp.asarray(b.T)
     return traverse_util.unflatten_dict(flat)

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     # lora
     add("--lora_name", default="lora_identity")
     add("--lora_rank", type=int, default=8)
+    add("--lora_init", default=None, help="start from these adapters (safetensors or .pth under the reference's names, "
+                                         "e.g. model.layers.0.self_attn.q_proj.lora.A.weight) instead of drawing them")
     # distillation
     add("--alpha", type=float, default=0.5, help="weight of CE; (1-alpha) weighs the KL")
     add("--temperature", type=float, default=1.5)

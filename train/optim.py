@@ -1,18 +1,26 @@
-"""AdamW with the reference's defaults, global-norm clipping, and the reference's two learning-rate schedules.
-
-The reference sets the learning rate per micro-batch and steps the optimizer every `accumulation_steps`
-micro-batches, so optimizer step k runs with the rate of micro-step `(k + 1) * accumulation_steps - 1`.
-"""
+"""AdamW with the reference's defaults, global-norm clipping, and the reference's two learning-rate schedules."""
 import math
 
 import jax.numpy as jnp
 import optax
 
 
+def reference_micro_step(k, accumulation_steps: int):
+    """The micro-step index s whose rate the reference uses for optimizer step k (0-based).
+
+    The reference counts micro-steps from 1, sets the rate `get_lr(s)` before each, and steps the optimizer when
+    `(s + 1) % A == 0`. At A = 1 that is every micro-step, so update k uses s = k + 1 (the first rate is already
+    below lr, the last exactly lr / 10). At A >= 2 the updates fall on s = A - 1, 2A - 1, ...: s = (k + 1) A - 1.
+    """
+    if accumulation_steps == 1:
+        return k + 1
+    return (k + 1) * accumulation_steps - 1
+
+
 def sft_schedule(lr: float, total_micro_steps: int, accumulation_steps: int = 1) -> optax.Schedule:
     """lr(s) = lr * (0.1 + 0.45 * (1 + cos(pi * s / S))): from lr down to lr / 10 over S micro-steps."""
     def schedule(k):
-        s = (k + 1) * accumulation_steps - 1
+        s = reference_micro_step(k, accumulation_steps)
         return lr * (0.1 + 0.45 * (1.0 + jnp.cos(math.pi * s / total_micro_steps)))
     return schedule
 

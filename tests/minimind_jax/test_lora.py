@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
-from minimind_jax.lora import apply_lora, init_lora, lora_from_torch, lora_targets, lora_to_torch, merge_lora
+from minimind_jax.lora import apply_lora, init_lora, lora_from_torch, lora_targets, lora_to_torch
 
 
 def test_targets_are_the_square_linears():
@@ -37,7 +37,7 @@ def test_effective_weight_and_gradients(random_lm):
     q = lora["model"]["layers_0"]["self_attn"]["q_proj"]
     x = np.random.default_rng(1).normal(size=(3, 64)).astype(np.float32)
     w = params["model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
-    merged = merge_lora(params, lora)["model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
+    merged = apply_lora(params, lora)["model"]["layers_0"]["self_attn"]["q_proj"]["kernel"]
     np.testing.assert_allclose(x @ merged, x @ w + (x @ q["a"]) @ q["b"], atol=1e-5)   # y = Wx + B(Ax)
 
     ids = jnp.asarray(np.random.default_rng(2).integers(0, 64, (2, 8)), jnp.int32)

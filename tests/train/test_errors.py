@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.train.conftest import TINY, train
+from train.run import main
 
 
 def run_cli(*flags, cwd=None):
@@ -52,3 +53,17 @@ def test_tokenizer_larger_than_the_model_vocab(monkeypatch):
     args = with_defaults(parser().parse_args(["--stage", "pretrain", *TINY]), stages.get("pretrain").defaults)
     with pytest.raises(UsageError, match="7000 ids but the model's vocab_size is 6400"):
         build_run(stages.get("pretrain"), args)
+
+
+@pytest.mark.parametrize("flags,message", [(["--lora_rank", "4"], "has rank 8, the run's --lora_rank is 4"),
+                                           (["--num_hidden_layers", "3"], "missing LoRA tensor model.layers.2"),
+                                           (["--hidden_size", "128"], "do not fit a (128, 128) weight")])
+def test_lora_init_that_does_not_fit(tmp_path, sample_slices, shared_path, capsys, flags, message):
+    adapters = shared_path("golden/trajectory/lora_init.safetensors")
+    with pytest.raises(SystemExit) as exit:
+        main(["--stage", "lora", "--out_dir", str(tmp_path), *TINY, "--from_weight", "none", "--lora_init",
+              str(adapters), "--data_path", str(sample_slices["lora_identity"]), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: --lora_init {adapters}:")
+    assert message in err[0]
+    assert not any(tmp_path.iterdir())

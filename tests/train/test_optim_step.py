@@ -15,20 +15,38 @@ from train.state import LossScale, TrainState
 from train.step import make_train_step
 
 
-def test_sft_schedule_matches_reference_formula():
-    lr, S = 5e-4, 100
-    sched = optim.sft_schedule(lr, S)
-    for s in (0, 1, 37, 99, 100):
-        assert float(sched(s)) == pytest.approx(lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (s + 1 - 1) / S))), rel=1e-6)
-    assert float(sched(0)) == pytest.approx(lr)
-    assert float(sched(S)) == pytest.approx(lr / 10)
+def reference_rates(lr: float, epochs: int, iters: int, A: int) -> list[float]:
+    """The rates the reference's loop hands to optimizer.step(), simulated: its micro-step counter starts at 1
+    (`enumerate(loader, start=1)`), the rate is set before every micro-batch, and the optimizer steps when
+    `(step + 1) % A == 0`."""
+    get_lr = lambda s, S: lr * (0.1 + 0.45 * (1 + math.cos(math.pi * s / S)))
+    rates = []
+    for epoch in range(epochs):
+        for step in range(1, iters + 1):
+            rate = get_lr(epoch * iters + step, epochs * iters)
+            if (step + 1) % A == 0:
+                rates.append(rate)
+    return rates
 
 
-def test_sft_schedule_uses_last_micro_step_of_each_update():
-    lr, A, S_opt = 1.0, 4, 10
-    sched = optim.sft_schedule(lr, S_opt * A, A)
-    expected = lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * ((k + 1) * A - 1) / (S_opt * A)))
-    assert [float(sched(k)) for k in range(S_opt)] == pytest.approx([expected(k) for k in range(S_opt)], rel=1e-6)
+@pytest.mark.parametrize("epochs,iters", [(10, 1), (3, 7), (1, 100)])
+def test_sft_schedule_at_accumulation_1_is_the_reference_loop(epochs, iters):
+    lr = 5e-4
+    expected = reference_rates(lr, epochs, iters, 1)
+    sched = optim.sft_schedule(lr, epochs * iters, 1)
+    assert [float(sched(k)) for k in range(len(expected))] == pytest.approx(expected, rel=1e-6)
+    assert float(sched(len(expected) - 1)) == pytest.approx(lr / 10, rel=1e-6)    # the last update: exactly lr/10
+    assert float(sched(0)) < lr
+
+
+@pytest.mark.parametrize("A", [2, 4, 8])
+def test_sft_schedule_at_accumulation_A_is_the_reference_loop(A):
+    # Epochs whose micro-batches divide by A: the reference's updates then fall where this project's do.
+    lr, epochs, iters = 1.0, 3, 5 * A
+    expected = reference_rates(lr, epochs, iters, A)
+    sched = optim.sft_schedule(lr, epochs * iters, A)
+    assert len(expected) == epochs * iters // A
+    assert [float(sched(k)) for k in range(len(expected))] == pytest.approx(expected, rel=1e-6)
 
 
 def test_rl_schedule_is_cosine_to_a_tenth():

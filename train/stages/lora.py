@@ -3,15 +3,26 @@
 The trainable pytree is the adapters alone and the base weights ride along frozen, so the optimizer state,
 the gradient clipping and the checkpoint cover exactly what the reference's LoRA optimizer covers.
 """
+from minimind_jax.convert import read_state_dict
 from minimind_jax.data import SFTDataset
-from minimind_jax.lora import apply_lora, init_lora, lora_to_torch
-from train.stage import Stage, load_or_init
+from minimind_jax.lora import apply_lora, init_lora, lora_from_torch, lora_to_torch
+from train.stage import Stage, UsageError, load_or_init
 from train.stages.pretrain import lm_loss
 
 
 def init(run, rng):
+    """Adapters drawn from the seed, or `--lora_init PATH` (a safetensors/.pth under the reference's names) so a run
+    can start from the very adapters another one (e.g. the reference's) started from."""
     base = load_or_init(run, rng)
-    return init_lora(rng, base, run.cfg, rank=run.args.lora_rank), {"base": base}
+    path = run.args.lora_init
+    if not path:
+        return init_lora(rng, base, run.cfg, rank=run.args.lora_rank), {"base": base}
+    try:
+        lora = lora_from_torch(read_state_dict(path), base, run.cfg, source=f"--lora_init {path}",
+                               rank=run.args.lora_rank)
+    except (OSError, ValueError, ImportError) as e:
+        raise UsageError(str(e) if str(e).startswith("--lora_init") else f"--lora_init {path}: {e}") from None
+    return lora, {"base": base}
 
 
 def make_loss(run):
