@@ -1,12 +1,16 @@
-"""Weight interop with the reference: its tensor names and torch layouts <-> this model's params pytree.
+"""Weight interop with the reference (both generations) and with Qwen3 in transformers: tensor names and torch
+layouts <-> this model's params pytree.
 
     torch Linear weight (out, in)          <->  kernel (in, out)
+    self_attn.{q,k}_norm (generation 3)    <->  self_attn/{q,k}_norm/weight [head_dim]
     experts.{e}.{gate,up,down}_proj        <->  experts/{gate,up,down}_proj/kernel stacked [E, in, out]
     shared_experts.{s}.{gate,up}_proj      <->  shared_experts/{gate,up}_proj/kernel [H, S*I]  (concatenated widths)
     model.embed_tokens.weight, lm_head.weight  <->  model/embed_tokens [V, H]  (tied: saved under both names)
 
-params_from_torch and params_to_torch are exact inverses. Files: .safetensors (fp16 like the reference's
-checkpoints), and the reference's .pth when torch is installed.
+params_from_torch and params_to_torch are exact inverses. `load_reference(state_dict, config)` takes a reference
+checkpoint of either generation with its config dict and works out which generation it is. minimind-3 is Qwen3:
+`to_qwen3` / `from_qwen3` give the `Qwen3ForCausalLM` (dense) or `Qwen3MoeForCausalLM` state dict and config.json.
+Files: .safetensors (fp16 like the reference's checkpoints), and the reference's .pth when torch is installed.
 """
 from pathlib import Path
 
@@ -14,28 +18,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minimind_jax.config import MiniMindConfig
+from minimind_jax.config import MiniMindConfig, detect_generation
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _FFN = ("gate_proj", "up_proj", "down_proj")
+_QK_NORM = ("q_norm", "k_norm")
+
+
+def state_dict_generation(names) -> int:
+    """3 if the tensors have QK-norm weights (every minimind-3 checkpoint does), else 2; a set with both QK-norm
+    and shared-expert tensors (generation 2 only) is a one-line ValueError."""
+    qk_norm = any(".self_attn.q_norm." in n or ".self_attn.k_norm." in n for n in names)
+    if qk_norm and any(".mlp.shared_experts." in n for n in names):
+        raise ValueError("state_dict mixes generation-3 tensors (self_attn.q_norm/k_norm) with generation-2 ones "
+                         "(mlp.shared_experts)")
+    return 3 if qk_norm else 2
 
 
 def reference_shapes(cfg: MiniMindConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of the reference's state_dict for `cfg`, with its torch shape."""
-    H, V, I, HD = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim
+    H, V, HD = cfg.hidden_size, cfg.vocab_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * HD, cfg.num_key_value_heads * HD
-    ffn = {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    swiglu = lambda I: {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    ffn, expert = swiglu(cfg.intermediate_size), swiglu(cfg.moe_intermediate_size)
     shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,), "lm_head.weight": (V, H)}
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,)}
         shapes |= {p + f"self_attn.{n}.weight": s for n, s in zip(_ATTN, ((q, H), (kv, H), (kv, H), (H, q)))}
+        if cfg.qk_norm:
+            shapes |= {p + f"self_attn.{n}.weight": (HD,) for n in _QK_NORM}
         if not cfg.use_moe:
             shapes |= {p + f"mlp.{n}.weight": s for n, s in ffn.items()}
             continue
         shapes[p + "mlp.gate.weight"] = (cfg.n_routed_experts, H)
         for e in range(cfg.n_routed_experts):
-            shapes |= {p + f"mlp.experts.{e}.{n}.weight": s for n, s in ffn.items()}
+            shapes |= {p + f"mlp.experts.{e}.{n}.weight": s for n, s in expert.items()}
         for s_ in range(cfg.n_shared_experts):
             shapes |= {p + f"mlp.shared_experts.{s_}.{n}.weight": s for n, s in ffn.items()}
     return shapes
@@ -48,12 +66,13 @@ def check_state_dict(state_dict: dict, cfg: MiniMindConfig, source: str = "state
     if "model.embed_tokens.weight" not in names and "lm_head.weight" in names:
         names.add("model.embed_tokens.weight")          # tied: either name is enough
     names.add("lm_head.weight")
+    found = state_dict_generation(names)
+    other = (f"a generation-{found} checkpoint for a generation-{cfg.generation} config?" if found != cfg.generation
+             else "is this checkpoint for another config?")
     if missing := [n for n in expected if n not in names]:
-        raise ValueError(f"{source}: missing tensor {missing[0]} ({len(missing)} missing; is this checkpoint for "
-                         f"another config?)")
+        raise ValueError(f"{source}: missing tensor {missing[0]} ({len(missing)} missing; {other})")
     if unexpected := sorted(names - set(expected)):
-        raise ValueError(f"{source}: unexpected tensor {unexpected[0]} ({len(unexpected)} unexpected; is this "
-                         f"checkpoint for another config?)")
+        raise ValueError(f"{source}: unexpected tensor {unexpected[0]} ({len(unexpected)} unexpected; {other})")
     for name, shape in expected.items():                          # in the reference's order: embedding first
         if name in state_dict and tuple(np.shape(state_dict[name])) != shape:
             raise ValueError(f"{source}: tensor {name} has shape {tuple(np.shape(state_dict[name]))} but the config "
@@ -75,6 +94,8 @@ def params_from_torch(state_dict: dict, cfg: MiniMindConfig, source: str = "stat
         layer = {"input_layernorm": {"weight": sd[p + "input_layernorm.weight"]},
                  "post_attention_layernorm": {"weight": sd[p + "post_attention_layernorm.weight"]},
                  "self_attn": {n: kernel(p + f"self_attn.{n}.weight") for n in _ATTN}}
+        if cfg.qk_norm:
+            layer["self_attn"] |= {n: {"weight": sd[p + f"self_attn.{n}.weight"]} for n in _QK_NORM}
         if not cfg.use_moe:
             layer["mlp"] = {n: kernel(p + f"mlp.{n}.weight") for n in _FFN}
         else:
@@ -102,6 +123,8 @@ def params_to_torch(params: dict, cfg: MiniMindConfig) -> dict[str, np.ndarray]:
         sd[p + "input_layernorm.weight"] = layer["input_layernorm"]["weight"]
         sd[p + "post_attention_layernorm.weight"] = layer["post_attention_layernorm"]["weight"]
         sd |= {p + f"self_attn.{n}.weight": t(layer["self_attn"][n]["kernel"]) for n in _ATTN}
+        if cfg.qk_norm:
+            sd |= {p + f"self_attn.{n}.weight": layer["self_attn"][n]["weight"] for n in _QK_NORM}
         mlp = layer["mlp"]
         if not cfg.use_moe:
             sd |= {p + f"mlp.{n}.weight": t(mlp[n]["kernel"]) for n in _FFN}
@@ -152,3 +175,99 @@ def load_weights(path, cfg: MiniMindConfig, dtype=jnp.float32) -> dict:
     and the offending tensor."""
     sd = {k: np.asarray(v, dtype=np.float32) for k, v in read_state_dict(path).items()}
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), params_from_torch(sd, cfg, source=str(path)))
+
+
+# ---- either generation's checkpoint with its config ------------------------------------------------------------
+
+def load_reference(state_dict: dict, config: dict, source: str = "state_dict") -> tuple[MiniMindConfig, dict]:
+    """(cfg, params) from a reference checkpoint {name: array (torch layout)} of either generation and its
+    MiniMindConfig fields as a dict.
+
+    The generation comes from the tensor names (QK-norm weights: 3) and must agree with the config's keys when
+    they show one. Every tensor must fit the config exactly: a checkpoint of the other generation is a one-line
+    ValueError, never a partial load.
+    """
+    found, declared = state_dict_generation(state_dict), detect_generation(config)
+    if declared not in (None, found):
+        raise ValueError(f"{source}: the config is for generation {declared} but the tensors are generation {found} "
+                         f"({'with' if found == 3 else 'without'} self_attn.q_norm/k_norm)")
+    cfg = MiniMindConfig.from_dict({**config, "generation": found})
+    return cfg, params_from_torch(state_dict, cfg, source)
+
+
+def reference_config(cfg: MiniMindConfig) -> dict:
+    """The reference MiniMindConfig's fields for cfg, under its generation's names (what load_reference reads)."""
+    if cfg.generation == 2:
+        return cfg.to_dict()
+    return dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+                num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
+                head_dim=cfg.head_dim, vocab_size=cfg.vocab_size, intermediate_size=cfg.intermediate_size,
+                max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.rms_norm_eps,
+                rope_theta=cfg.rope_theta, tie_word_embeddings=True, inference_rope_scaling=cfg.inference_rope_scaling,
+                rope_scaling=dict(YARN, type="yarn") if cfg.inference_rope_scaling else None, use_moe=cfg.use_moe,
+                num_experts=cfg.n_routed_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+                moe_intermediate_size=cfg.moe_intermediate_size, norm_topk_prob=cfg.norm_topk_prob,
+                router_aux_loss_coef=cfg.aux_loss_alpha, dropout=cfg.dropout, bos_token_id=cfg.bos_token_id,
+                eos_token_id=cfg.eos_token_id, hidden_act=cfg.hidden_act)
+
+
+# ---- Qwen3 in transformers (minimind-3's export target) ----------------------------------------------------------
+
+# MiniMind's fixed YaRN parameters (model.rope_frequencies).
+YARN = dict(beta_fast=32, beta_slow=1, factor=16, original_max_position_embeddings=2048, attention_factor=1.0)
+_QWEN3_SHARED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
+                 "rope_theta", "bos_token_id", "eos_token_id")
+_QWEN3_MOE = dict(num_experts="n_routed_experts", num_experts_per_tok="num_experts_per_tok",
+                  moe_intermediate_size="moe_intermediate_size", norm_topk_prob="norm_topk_prob",
+                  router_aux_loss_coef="aux_loss_alpha")
+
+
+def qwen3_config(cfg: MiniMindConfig) -> dict:
+    """The transformers config.json of `Qwen3ForCausalLM` (dense) or `Qwen3MoeForCausalLM` (MoE) for a
+    minimind-3 config."""
+    if cfg.generation != 3 or not cfg.qk_norm or cfg.n_shared_experts:
+        raise ValueError("qwen3_config: only a generation-3 config (QK-norm, no shared experts) is a Qwen3 model")
+    # YaRN is on only past the original 2048 positions (model.rope_frequencies); transformers always applies it.
+    yarn = cfg.inference_rope_scaling and cfg.max_position_embeddings > YARN["original_max_position_embeddings"]
+    hf = {k: getattr(cfg, k) for k in _QWEN3_SHARED} | dict(
+        architectures=["Qwen3MoeForCausalLM" if cfg.use_moe else "Qwen3ForCausalLM"],
+        model_type="qwen3_moe" if cfg.use_moe else "qwen3", tie_word_embeddings=True, attention_bias=False,
+        attention_dropout=cfg.dropout, rope_scaling=dict(YARN, rope_type="yarn") if yarn else None,
+        use_sliding_window=False, torch_dtype="float32")
+    if cfg.use_moe:
+        hf |= {k: getattr(cfg, ours) for k, ours in _QWEN3_MOE.items()} | dict(decoder_sparse_step=1, mlp_only_layers=[])
+    return hf
+
+
+def to_qwen3(params: dict, cfg: MiniMindConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """(state dict, config.json dict) that transformers' Qwen3 classes load strictly: minimind-3 already uses
+    Qwen3's tensor names and layouts."""
+    return params_to_torch(params, cfg), qwen3_config(cfg)
+
+
+def from_qwen3(state_dict: dict, hf_config: dict, source: str = "state_dict") -> tuple[MiniMindConfig, dict]:
+    """(cfg, params) from a `Qwen3ForCausalLM` / `Qwen3MoeForCausalLM` state dict and config.json; the exact
+    inverse of to_qwen3. Qwen3 features MiniMind lacks (untied or biased projections, sliding windows, dense
+    layers inside an MoE, other RoPE scalings) are one-line ValueErrors."""
+    model_type = hf_config.get("model_type")
+    if model_type not in ("qwen3", "qwen3_moe"):
+        raise ValueError(f"{source}: model_type {model_type!r} is not Qwen3 (expected 'qwen3' or 'qwen3_moe')")
+    moe = model_type == "qwen3_moe"
+    unsupported = [k for k, ok in (("tie_word_embeddings", hf_config.get("tie_word_embeddings", True)),
+                                   ("attention_bias", not hf_config.get("attention_bias", False)),
+                                   ("use_sliding_window", not hf_config.get("use_sliding_window", False)),
+                                   ("mlp_only_layers", not hf_config.get("mlp_only_layers")),
+                                   ("decoder_sparse_step", hf_config.get("decoder_sparse_step", 1) == 1)) if not ok]
+    if unsupported:
+        raise ValueError(f"{source}: Qwen3 setting {unsupported[0]}={hf_config[unsupported[0]]!r} has no MiniMind "
+                         f"equivalent")
+    rope = hf_config.get("rope_scaling")
+    if rope is not None and {k: v for k, v in rope.items() if k not in ("rope_type", "type")} != YARN:
+        raise ValueError(f"{source}: rope_scaling {rope} is not MiniMind's YaRN {YARN}")
+    fields = {k: hf_config[k] for k in _QWEN3_SHARED if k in hf_config}
+    if moe:
+        fields |= {ours: hf_config[k] for k, ours in _QWEN3_MOE.items() if k in hf_config}
+    cfg = MiniMindConfig(generation=3, use_moe=moe, inference_rope_scaling=rope is not None,
+                         dropout=hf_config.get("attention_dropout", 0.0), **fields)
+    return cfg, params_from_torch(state_dict, cfg, source)

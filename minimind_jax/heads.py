@@ -23,16 +23,20 @@ def scalar_head(name: str, policy: Policy) -> nn.Dense:
 class MiniMindCritic(nn.Module):
     """values[b, t] = value_head(final-normed hidden[b, t]).
 
-    The reference applies the final RMSNorm a second time before its value head; this critic normalises once
-    (SPEC.md §1).
+    The reference critic applies the final RMSNorm a second time before its value head (both generations); this
+    critic normalises once unless `double_norm=True`, which reproduces the reference's values.
     """
     cfg: MiniMindConfig
     policy: Policy = POLICIES["fp32"]
+    double_norm: bool = False
     head_name: ClassVar[str] = "value_head"
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, train: bool = False):
-        hidden, _, _ = MiniMindModel(self.cfg, self.policy, name="model")(input_ids, attention_mask, train)
+        backbone = MiniMindModel(self.cfg, self.policy, name="model")
+        hidden, _, _ = backbone(input_ids, attention_mask, train)                        # [B, T, H] normed
+        if self.double_norm:
+            hidden = backbone.final_norm(hidden)
         return scalar_head(self.head_name, self.policy)(hidden.astype(F32))[..., 0]     # [B, T] float32
 
 

@@ -1,4 +1,4 @@
-"""MiniMind, the reference's LLaMA-style decoder, in Flax Linen (SPEC.md §1).
+"""MiniMind, the reference's LLaMA-style decoder, in Flax Linen (SPEC.md §1), both generations.
 
     x = dropout(embed(ids))
     per layer:  h = x + attn(rmsnorm(x));  x = h + ffn(rmsnorm(h))       (pre-norm)
@@ -6,6 +6,11 @@
 
 Attention is GQA with rotate-half RoPE (optionally YaRN-scaled); the FFN is SwiGLU or a routed MoE whose experts
 are stacked arrays. Every matmul flattens its operand to 2-D and accumulates in float32 (PERF_NOTES.md).
+
+Generation 3 (minimind-3, Qwen3's architecture) is the same network with: an RMSNorm over head_dim on q and k
+before RoPE (QK-norm), the norm weight multiplied in float32, head_dim free of hidden/heads, no FFN dropout, and an
+MoE without shared experts whose top-1 weight is renormalised (to exactly 1) and whose aux loss counts picks per
+token. The config's fields select each of these.
 
 Positions are absolute indices into the (left-padded) input: a full forward over a generated sequence reproduces
 the logits seen while decoding it token by token with the KV cache (SPEC.md §7, trap 1).
@@ -108,16 +113,24 @@ class Kernel(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """w * x / sqrt(mean(x^2) + eps), normalised in float32 and cast back before the weight (as the reference)."""
+    """w * x / sqrt(mean(x^2) + eps) over the last axis, normalised in float32. Generation 2 casts back to x's
+    dtype before the weight multiply, generation 3 after it (`weight_fp32`); the same in float32."""
     eps: float
     policy: Policy
+    weight_fp32: bool = False
 
     @nn.compact
     def __call__(self, x):
         weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.policy.param_dtype)
         x32 = x.astype(F32)
-        normed = (x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)).astype(x.dtype)
-        return weight.astype(x.dtype) * normed
+        normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.weight_fp32:
+            return (weight.astype(F32) * normed).astype(x.dtype)
+        return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rms_norm(cfg: MiniMindConfig, policy: Policy, name: str | None = None) -> RMSNorm:
+    return RMSNorm(cfg.rms_norm_eps, policy, cfg.norm_weight_fp32, name=name)
 
 
 def rope_frequencies(cfg: MiniMindConfig) -> tuple[np.ndarray, float]:
@@ -288,6 +301,8 @@ class Attention(nn.Module):
         q = Linear(NH * HD, policy, name="q_proj")(x).reshape(B, T, NH, HD)
         k = Linear(KV * HD, policy, name="k_proj")(x).reshape(B, T, KV, HD)
         v = Linear(KV * HD, policy, name="v_proj")(x).reshape(B, T, KV, HD)
+        if cfg.qk_norm:                                                      # one weight [HD] shared by all heads
+            q, k = rms_norm(cfg, policy, "q_norm")(q), rms_norm(cfg, policy, "k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))               # [B, heads, T, HD]
         if cache_kv is not None:                                             # write at `index`, attend to all S slots
@@ -323,8 +338,9 @@ class FeedForward(nn.Module):
 def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
     """The reference's auxiliary loss for one layer (SPEC.md §1); scores [N, E] float32, topk_idx [N, k].
 
-    seq_aux:  alpha * mean_b sum_e ce[b, e] * mean_t scores[b, t, e],  ce = slot count / (T * k / E)
-    else:     alpha * sum_e P_e * f_e,  P = mean scores, f = E * fraction of all (token, slot) choosing e
+    seq_aux:       alpha * mean_b sum_e ce[b, e] * mean_t scores[b, t, e],  ce = slot count / (T * k / E)
+    generation 2:  alpha * sum_e P_e * f_e,  P = mean scores, f = E * fraction of all (token, slot) choosing e
+    generation 3:  E * alpha * sum_e P_e * f_e,  f = picks of e per token (sums to k): k times generation 2's
     Padding tokens count, as in the reference.
     """
     E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
@@ -334,6 +350,8 @@ def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
         ce = chosen.reshape(batch, T * k, E).sum(axis=1) / (T * k / E)        # [B, E]
         return jnp.mean(jnp.sum(ce * scores.reshape(batch, T, E).mean(axis=1), axis=1)) * cfg.aux_loss_alpha
     f = chosen.reshape(-1, E).mean(axis=0) * E                               # [E]
+    if cfg.generation == 3:
+        f = f * k
     return jnp.sum(scores.mean(axis=0) * f) * cfg.aux_loss_alpha
 
 
@@ -398,7 +416,7 @@ class Experts(nn.Module):
 
     @nn.compact
     def __call__(self, x, topk_weight, topk_idx):               # x [N, H], topk_* [N, k] -> [N, H]
-        E, H, I = self.cfg.n_routed_experts, self.cfg.hidden_size, self.cfg.intermediate_size
+        E, H, I = self.cfg.n_routed_experts, self.cfg.hidden_size, self.cfg.moe_intermediate_size
         w_gate = Kernel((E, H, I), self.policy, name="gate_proj")()
         w_up = Kernel((E, H, I), self.policy, name="up_proj")()
         w_down = Kernel((E, I, H), self.policy, name="down_proj")()
@@ -415,6 +433,7 @@ class MoEFeedForward(nn.Module):
     """Routed SwiGLU experts (top-k of a softmax router, weights renormalised) plus shared experts on every token.
 
     The S shared experts are unweighted, so their sum is one SwiGLU of width S * I (kernels concatenated).
+    The router logits [N, E] and this layer's aux loss are sown into 'intermediates' (free unless it is mutable).
     """
     cfg: MiniMindConfig
     policy: Policy
@@ -431,7 +450,9 @@ class MoEFeedForward(nn.Module):
         logits = jnp.dot(x2.astype(policy.compute_dtype), router, preferred_element_type=F32)   # [N, E], route in f32
         scores = jax.nn.softmax(logits, axis=-1)
         topk_weight, topk_idx = lax.top_k(scores, k)                         # [N, k]
-        if k > 1 and cfg.norm_topk_prob:
+        # Generation 3 renormalises a single pick too: its weight is then exactly 1, so the router learns from
+        # the aux loss alone.
+        if cfg.norm_topk_prob and (k > 1 or cfg.generation == 3):
             topk_weight = topk_weight / (jnp.sum(topk_weight, axis=-1, keepdims=True) + 1e-20)
         out = Experts(cfg, policy, name="experts")(x2, topk_weight, topk_idx).reshape(B, T, H)
         out = dropout(out, cfg.dropout, seed, site)
@@ -439,6 +460,8 @@ class MoEFeedForward(nn.Module):
             out = out + FeedForward(cfg, policy, cfg.n_shared_experts * cfg.intermediate_size,
                                     name="shared_experts")(x, seed, site + 1)
         aux = load_balance_loss(scores, topk_idx, cfg, B) if train and cfg.aux_loss_alpha > 0 else jnp.zeros((), F32)
+        self.sow("intermediates", "router_logits", logits)
+        self.sow("intermediates", "aux_loss", aux)
         return out, aux
 
 
@@ -451,15 +474,16 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, cos, sin, bias, train: bool, seed=None, cache_kv=None, index=None):
         cfg, policy = self.cfg, self.policy
         site = 1 + 4 * self.layer                                            # site 0 is the embedding
-        norm = lambda name: RMSNorm(cfg.rms_norm_eps, policy, name=name)
-        h, cache_kv = Attention(cfg, policy, name="self_attn")(norm("input_layernorm")(x), cos, sin, bias, seed, site,
-                                                               cache_kv, index)
+        h, cache_kv = Attention(cfg, policy, name="self_attn")(rms_norm(cfg, policy, "input_layernorm")(x), cos, sin,
+                                                               bias, seed, site, cache_kv, index)
         x = x + h
-        h = norm("post_attention_layernorm")(x)
+        h = rms_norm(cfg, policy, "post_attention_layernorm")(x)
+        ffn_seed = seed if cfg.generation == 2 else None                     # generation 3 has no FFN dropout
         if cfg.use_moe:
-            h, aux = MoEFeedForward(cfg, policy, name="mlp")(h, train, seed, site + 2)
+            h, aux = MoEFeedForward(cfg, policy, name="mlp")(h, train, ffn_seed, site + 2)
         else:
-            h, aux = FeedForward(cfg, policy, cfg.intermediate_size, name="mlp")(h, seed, site + 2), jnp.zeros((), F32)
+            h = FeedForward(cfg, policy, cfg.intermediate_size, name="mlp")(h, ffn_seed, site + 2)
+            aux = jnp.zeros((), F32)
         return x + h, aux, cache_kv
 
 
@@ -478,7 +502,7 @@ class MiniMindModel(nn.Module):
         self.embed_tokens = self.param("embed_tokens", init_normal, (cfg.vocab_size, cfg.hidden_size),
                                        self.policy.param_dtype)
         self.layers = [DecoderLayer(cfg, self.policy, i) for i in range(cfg.num_hidden_layers)]
-        self.norm = RMSNorm(cfg.rms_norm_eps, self.policy)
+        self.norm = rms_norm(cfg, self.policy)
 
     def __call__(self, input_ids, attention_mask=None, train: bool = False, cache: KVCache | None = None):
         """-> (hidden [B, T, H], aux_loss scalar f32, updated cache or None)."""
@@ -508,6 +532,10 @@ class MiniMindModel(nn.Module):
         if cache is not None:
             cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=cache.index + T)
         return self.norm(x), aux, cache
+
+    def final_norm(self, hidden):
+        """The final RMSNorm again (the reference critic of generation 3 applies it twice)."""
+        return self.norm(hidden)
 
     def lm_head(self, hidden):
         """Tied output projection: hidden [..., H] @ embed_tokens^T -> logits [..., V] in the output dtype."""
