@@ -1,8 +1,13 @@
-"""The tokenizer: this project's SentencePiece BPE, or the reference's byte-level BPE (`tokenizer.json`).
+"""The tokenizer: this project's SentencePiece BPE, or a byte-level BPE `tokenizer.json` (MiniMind-2's or -3's).
 
-Both give the same interface and the same special ids as MiniMind (SPEC.md §2):
+All give the same interface and the same special ids as MiniMind:
 0 `<|endoftext|>` (pad/unk), 1 `<|im_start|>` (bos), 2 `<|im_end|>` (eos); nothing is added automatically.
 Special tokens written in the text map to their ids, so the ChatML template can be encoded as plain text.
+
+Each tokenizer knows its chat template. MiniMind-2's (the default, `apply_chat_template` below) opens with a
+default system prompt; MiniMind-3's (`template3.py`) has tools and a think block in every assistant turn. A
+`tokenizer.json` whose `tokenizer_config.json` holds the MiniMind-3 template gets the latter; the upstream
+MiniMind-3 tokenizer ships in `data/sample3/tokenizer` (`Tokenizer.load(SAMPLE3_TOKENIZER_DIR)`).
 
 Our SentencePiece model is trained lossless: identity normalisation, no dummy prefix, whitespace kept as is, digits
 split, and byte fallback for anything unseen, so `decode(encode(s)) == s` for every string. The reasoning and tool
@@ -19,13 +24,17 @@ import re
 import sys
 from pathlib import Path
 
+from minimind_jax import template3
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")                       # ids 0, 1, 2
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>")
-REASONING_TAGS = TAG_TOKENS[:4]
+REASONING_TAGS = {2: TAG_TOKENS[:4], 3: ("<think>", "</think>")}     # by template generation
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "tokenizer"
+SAMPLE3_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "sample3" / "tokenizer"
 SP_MODEL = "tokenizer.model"
 HF_JSON = "tokenizer.json"
+HF_CONFIG = "tokenizer_config.json"
 
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 # SentencePiece shows spaces as U+2581 '▁' and turns every '▁' back into a space when decoding, so a literal '▁' in
@@ -38,8 +47,10 @@ class Tokenizer:
 
     pad_id, bos_id, eos_id = 0, 1, 2
 
-    def __init__(self, sp=None, hf=None, name: str = ""):
-        self._sp, self._hf, self.name = sp, hf, name
+    def __init__(self, sp=None, hf=None, name: str = "", generation: int = 2):
+        if generation not in REASONING_TAGS:
+            raise ValueError(f"{name}: no MiniMind-{generation} chat template (there are 2 and 3)")
+        self._sp, self._hf, self.name, self.generation = sp, hf, name, generation
         if sp is not None:
             self.vocab_size = sp.get_piece_size()
             self._meta_space_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _META_SPACE.encode()]
@@ -78,21 +89,23 @@ class Tokenizer:
             model = backend()
         except Exception as e:          # both libraries raise bare RuntimeError/Exception with multi-line text
             raise ValueError(f"{path}: not a readable tokenizer ({str(e).strip().splitlines()[-1]})") from None
-        return cls(**model, name=str(path))
+        return cls(**model, name=str(path), generation=template_generation(path.with_name(HF_CONFIG)))
 
     def _serialized(self) -> bytes:
         return self._sp.serialized_model_proto() if self._sp is not None else self._hf.to_str().encode()
 
     def __getstate__(self):          # picklable, so that tokenizing worker processes get the same model
-        return {"kind": "sp" if self._sp is not None else "hf", "model": self._serialized(), "name": self.name}
+        return {"kind": "sp" if self._sp is not None else "hf", "model": self._serialized(), "name": self.name,
+                "generation": self.generation}
 
     def __setstate__(self, state):
+        common = {"name": state["name"], "generation": state.get("generation", 2)}
         if state["kind"] == "sp":
             import sentencepiece as spm
-            self.__init__(sp=spm.SentencePieceProcessor(model_proto=state["model"]), name=state["name"])
+            self.__init__(sp=spm.SentencePieceProcessor(model_proto=state["model"]), **common)
         else:
             from tokenizers import Tokenizer as HFTokenizer
-            self.__init__(hf=HFTokenizer.from_str(state["model"].decode()), name=state["name"])
+            self.__init__(hf=HFTokenizer.from_str(state["model"].decode()), **common)
 
     def token_to_id(self, token: str) -> int | None:
         if self._hf is not None:
@@ -156,19 +169,40 @@ class Tokenizer:
         return self._hf.id_to_token(i) if self._hf is not None else self._sp.id_to_piece(i)
 
     # ------------------------------------------------------------------ chat
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """ChatML as the reference renders it (SPEC.md §2):
-        `<|im_start|>system\\n{system}<|im_end|>\\n` (the first message if it is a system one, else the default),
-        then `<|im_start|>{role}\\n{content}<|im_end|>\\n` per turn, then `<|im_start|>assistant\\n` if asked."""
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, *,
+                            tools: list | None = None, open_thinking: bool = False) -> str:
+        """The text of `messages` in this tokenizer's chat template.
+
+        MiniMind-2: `<|im_start|>system\\n{system}<|im_end|>\\n` (the first message if it is a system one, else the
+        default), then `<|im_start|>{role}\\n{content}<|im_end|>\\n` per turn, then `<|im_start|>assistant\\n` if
+        asked; it has no tools and no thinking switch. MiniMind-3: see `template3.py`; the generation prompt opens
+        the think block when `open_thinking`, else closes it empty."""
+        if self.generation == 3:
+            return template3.render(messages, tools, add_generation_prompt, open_thinking)
+        if tools:
+            raise ValueError(f"{self.name}: the MiniMind-2 chat template has no tools")
         return apply_chat_template(messages, add_generation_prompt)
 
     def reasoning_tag_ids(self) -> list[int]:
-        """The distinct ids that `<think>`, `</think>`, `<answer>`, `</answer>` encode to (sorted)."""
-        return sorted({i for tag in REASONING_TAGS for i in self.encode(tag)})
+        """The distinct ids the reasoning tags encode to (sorted): `<think>`, `</think>`, and for MiniMind-2 also
+        `<answer>`, `</answer>`."""
+        return sorted({i for tag in REASONING_TAGS[self.generation] for i in self.encode(tag)})
 
     def __repr__(self) -> str:
         kind = "sentencepiece" if self._sp is not None else "tokenizers"
-        return f"Tokenizer({self.name!r}, {kind}, vocab_size={self.vocab_size})"
+        return f"Tokenizer({self.name!r}, {kind}, vocab_size={self.vocab_size}, generation={self.generation})"
+
+
+def template_generation(config_path: Path) -> int:
+    """Which chat template a tokenizer is for, from the template text in its tokenizer_config.json: 3 for
+    MiniMind-3's, recognised by its thinking switch `open_thinking`; 2 otherwise (no config, or another template)."""
+    try:
+        template = json.loads(Path(config_path).read_text(encoding="utf-8")).get("chat_template") or ""
+    except (OSError, ValueError, AttributeError):
+        return 2
+    if isinstance(template, list):      # named templates: [{"name", "template"}, ...]
+        template = " ".join(t.get("template", "") for t in template if isinstance(t, dict))
+    return 3 if isinstance(template, str) and "open_thinking" in template else 2
 
 
 def apply_chat_template(messages: list[dict], add_generation_prompt: bool = False) -> str:

@@ -5,6 +5,7 @@ A cache is a directory:
     offsets.npy    int64 [S + 1]; sequence s is ids[offsets[s]:offsets[s + 1]]; a row has `per_row` sequences
     strings.bin    (optional) per row, a JSON list of strings the batch hands to the host (RLAIF prompt, answer)
     string_offsets.npy
+    flags.npy      (optional) uint8 [rows]: per-row facts the format records (e.g. which text variants exist)
     meta.json      what it was built from, counts, skipped lines
 Its name is a hash of the file's content, the tokenizer model, the row format and max_seq_len: change any and it is
 rebuilt; nothing else can make it stale. It is written to a temporary directory and renamed into place, so a crash
@@ -48,14 +49,16 @@ def file_digest(path) -> str:
 @dataclass
 class Job:
     """How to turn rows into token sequences: `row_texts(row) -> (texts, strings)` validates a row and returns the
-    `per_row` texts to tokenize and the strings to keep; each sequence is cut to max_seq_len from the right
-    (or from the left, keeping the end, when truncate_left)."""
+    `per_row` texts to tokenize and the strings to keep (with `flagged`, `(texts, strings, flags)`, flags an int
+    in [0, 256)); each sequence is cut to max_seq_len from the right (or from the left, keeping the end, when
+    truncate_left)."""
     tokenizer: object
     row_texts: Callable
     per_row: int
     max_seq_len: int
     truncate_left: bool
     dtype: np.dtype
+    flagged: bool = False
 
 
 @dataclass
@@ -64,31 +67,33 @@ class Tokenized:
     ids: np.ndarray                                         # [tokens] dtype
     lengths: np.ndarray                                     # int64 [rows * per_row]
     strings: list = field(default_factory=list)             # [rows] bytes (JSON lists), when the format keeps any
+    flags: list = field(default_factory=list)               # [rows] int, when the format is flagged
     errors: list = field(default_factory=list)              # [(line, problem)] in line order
     truncated: int = 0                                      # sequences cut to max_seq_len
 
 
 def tokenize_chunk(job: Job, chunk: Chunk) -> Tokenized:
-    texts, strings, errors = [], [], []
+    texts, strings, flags, errors = [], [], [], []
     for k, raw in enumerate(chunk.data.split(b"\n")):
         try:
             row = parse_line(raw)
             if row is None:
                 continue
-            row_texts, row_strings = job.row_texts(row)
+            row_texts, row_strings, *row_flags = job.row_texts(row)
         except BadRow as e:
             errors.append((chunk.first_line + k, str(e)))
             continue
         texts.extend(row_texts)
         if row_strings:
             strings.append(json.dumps(row_strings, ensure_ascii=False).encode())
+        flags.extend(row_flags)
     L = job.max_seq_len
     seqs = job.tokenizer.encode_batch(texts) if texts else []
     truncated = sum(len(s) > L for s in seqs)
     seqs = [s[-L:] if job.truncate_left else s[:L] for s in seqs]
     lengths = np.fromiter((len(s) for s in seqs), np.int64, len(seqs))
     ids = np.fromiter(itertools.chain.from_iterable(seqs), job.dtype, int(lengths.sum()))
-    return Tokenized(ids, lengths, strings, errors, truncated)
+    return Tokenized(ids, lengths, strings, flags, errors, truncated)
 
 
 _JOB: Job | None = None                                      # the worker process's job, set once by its initializer
@@ -124,6 +129,7 @@ class TokenCache:
         # np.memmap refuses an empty file; an empty array reads the same.
         self.ids = np.memmap(self.dir / "ids.bin", dtype, "r", shape=(total,)) if total else np.zeros(0, dtype)
         self._strings = None
+        self.flags = np.load(self.dir / "flags.npy") if (self.dir / "flags.npy").exists() else None  # uint8 [rows]
         if (self.dir / "strings.bin").exists():
             self._string_offsets = np.load(self.dir / "string_offsets.npy")
             self._strings = np.memmap(self.dir / "strings.bin", np.uint8, "r")
@@ -145,7 +151,7 @@ def cache_key(digest: str, tokenizer, kind: str, max_seq_len: int, skip_bad_line
 
 
 def load_or_build(path, tokenizer, kind: str, row_texts: Callable, per_row: int, max_seq_len: int, *,
-                  truncate_left: bool = False, skip_bad_lines: bool = False, cache_dir=None,
+                  truncate_left: bool = False, flagged: bool = False, skip_bad_lines: bool = False, cache_dir=None,
                   workers: int | None = None) -> TokenCache:
     """The cache of `path` for this tokenizer and format, built first if there is none (see the module doc)."""
     path = Path(path)
@@ -155,7 +161,7 @@ def load_or_build(path, tokenizer, kind: str, row_texts: Callable, per_row: int,
     target = Path(cache_dir or default_cache_dir()) / f"{path.stem}.{kind}.{key}"
     if not (target / "meta.json").exists():
         job = Job(tokenizer, row_texts, per_row, max_seq_len, truncate_left,
-                  np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32))
+                  np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32), flagged)
         build(path, target, job, skip_bad_lines=skip_bad_lines, workers=workers)
     cache = TokenCache(target)
     skipped = cache.meta["skipped"]
@@ -174,7 +180,7 @@ def build(path: Path, target: Path, job: Job, *, skip_bad_lines: bool, workers: 
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    lengths, string_sizes = [], []
+    lengths, string_sizes, flags = [], [], []
     rows = skipped = truncated = 0
     first_bad = None
     bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"tokenizing {path.name}", leave=False,
@@ -200,6 +206,7 @@ def build(path: Path, target: Path, job: Job, *, skip_bad_lines: bool, workers: 
                 for s in part.strings:
                     str_f.write(s)
                     string_sizes.append(len(s))
+                flags.extend(part.flags)
                 rows += len(part.lengths) // job.per_row
                 truncated += part.truncated
                 bar.update(nbytes)
@@ -221,6 +228,8 @@ def build(path: Path, target: Path, job: Job, *, skip_bad_lines: bool, workers: 
         np.save(tmp / "string_offsets.npy", np.concatenate([[0], np.cumsum(string_sizes)]).astype(np.int64))
     else:
         (tmp / "strings.bin").unlink()
+    if job.flagged:
+        np.save(tmp / "flags.npy", np.asarray(flags, np.uint8))
     meta = {"version": CACHE_VERSION, "source": str(path), "bytes": size, "rows": rows, "per_row": job.per_row,
             "tokens": int(lengths.sum()), "dtype": job.dtype.name, "max_seq_len": job.max_seq_len,
             "truncated": truncated, "skipped": skipped, "first_bad": first_bad,

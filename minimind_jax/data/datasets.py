@@ -40,12 +40,13 @@ def rlaif_texts(row: dict) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------------- masks
-def assistant_mask(ids: np.ndarray, start: list[int], end: list[int]) -> np.ndarray:
+def assistant_mask(ids: np.ndarray, start: list[int], end: list[int], skip: int = 1, tail: int = 1) -> np.ndarray:
     """The reference's SFT mask of one row of token ids [L] (before the shift).
 
-    For each occurrence of the token run `start` (`<|im_start|>assistant`) the positions from two tokens after it
-    (skipping the newline) through the first following `end` run (`<|im_end|>`) and one token beyond are 1,
-    clipped at L; the search resumes after that `end`. With no `end`, the span runs to L.
+    For each occurrence of the token run `start` (`<|im_start|>assistant`) the positions from `skip` tokens after
+    it (the newline) through the first following `end` run (`<|im_end|>`) and `tail` tokens beyond are 1, clipped
+    at L; the search resumes after that `end`. With no `end`, the span runs to L. (MiniMind-3's runs include the
+    newlines, `<|im_start|>assistant\\n` and `<|im_end|>\\n`, with skip = tail = 0.)
     """
     L, ks, ke = len(ids), len(start), len(end)
     mask = np.zeros(L, np.int32)
@@ -58,7 +59,7 @@ def assistant_mask(ids: np.ndarray, start: list[int], end: list[int]) -> np.ndar
             continue
         after = ends[ends >= s + ks]
         e = int(after[0]) if len(after) else L
-        mask[s + ks + 1:min(e + ke + 1, L)] = 1
+        mask[s + ks + skip:min(e + ke + tail, L)] = 1
         i = e + ke if len(after) else L
     return mask
 
@@ -75,20 +76,24 @@ def _run_starts(ids: np.ndarray, run: list[int]) -> np.ndarray:
 
 # ---------------------------------------------------------------------- data sets
 class _JsonlDataset:
-    """Common part: the cache, `len`, and right-padded id matrices."""
+    """Common part: the cache, `len`, and right-padded id matrices. `batch(indices, epoch)` takes the epoch so that
+    every data set is read alike; these draw nothing at random, so their batches are the same every epoch."""
     kind: str
     row_texts = None
     per_row = 1
     truncate_left = False
+    flagged = False         # the rows carry flags (see cache.Job)
+    reserved = 0            # ids the batch adds around each cached sequence, so the cache keeps L - reserved
 
     def __init__(self, path, tokenizer, max_seq_len: int, *, skip_bad_lines: bool = False, cache_dir=None,
                  workers: int | None = None):
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be at least 2, not {max_seq_len}")
+        if max_seq_len < 2 + self.reserved:
+            raise ValueError(f"max_seq_len must be at least {2 + self.reserved}, not {max_seq_len}")
         self.path, self.tokenizer, self.max_seq_len = Path(path), tokenizer, max_seq_len
         self.cache = cache.load_or_build(self.path, tokenizer, self.kind, type(self).row_texts, self.per_row,
-                                         max_seq_len, truncate_left=self.truncate_left,
-                                         skip_bad_lines=skip_bad_lines, cache_dir=cache_dir, workers=workers)
+                                         max_seq_len - self.reserved, truncate_left=self.truncate_left,
+                                         flagged=self.flagged, skip_bad_lines=skip_bad_lines, cache_dir=cache_dir,
+                                         workers=workers)
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -122,7 +127,7 @@ class PretrainDataset(_JsonlDataset):
     """`{"text": ...}` rows; loss on every non-pad target: `loss_mask = (ids != pad)[1:]`."""
     kind, row_texts = "pretrain", staticmethod(pretrain_texts)
 
-    def batch(self, indices) -> dict:
+    def batch(self, indices, epoch: int = 0) -> dict:
         ids = self.padded(indices)                                           # [B, L]
         return shifted(ids, ids != self.tokenizer.pad_id)
 
@@ -144,7 +149,7 @@ class SFTDataset(_ChatDataset):
     """`{"conversations": [{"role", "content"}, ...]}`: the chat template; loss on assistant turns only."""
     kind, row_texts = "sft", staticmethod(sft_texts)
 
-    def batch(self, indices) -> dict:
+    def batch(self, indices, epoch: int = 0) -> dict:
         return self.masked(indices)
 
 
@@ -152,7 +157,7 @@ class DPODataset(_ChatDataset):
     """`{"chosen": [...], "rejected": [...]}`: both templated, each with the SFT mask; keys prefixed by side."""
     kind, row_texts, per_row = "dpo", staticmethod(dpo_texts), 2
 
-    def batch(self, indices) -> dict:
+    def batch(self, indices, epoch: int = 0) -> dict:
         return {**self.masked(indices, 0, "chosen_"), **self.masked(indices, 1, "rejected_")}
 
 
@@ -162,7 +167,7 @@ class RLAIFDataset(_JsonlDataset):
     and the reference answer ('' where the row has none)."""
     kind, row_texts, truncate_left = "rlaif", staticmethod(rlaif_texts), True
 
-    def batch(self, indices) -> dict:
+    def batch(self, indices, epoch: int = 0) -> dict:
         rows = self._rows(indices)
         P = self.max_seq_len
         prompt_ids = np.full((len(rows), P), self.tokenizer.pad_id, np.int32)      # [B, P]

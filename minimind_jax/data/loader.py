@@ -34,11 +34,12 @@ def batch_rows(perm: np.ndarray, b: int, batch_size: int, process_index: int = 0
 
 def iterate_batches(ds, batch_size: int, *, seed: int, epoch: int, start: int = 0, process_index: int = 0,
                     process_count: int = 1) -> Iterator[tuple[int, dict]]:
-    """(b, ds.batch(rows)) for the batches b = start, start+1, ... of one epoch (see the module doc)."""
+    """(b, ds.batch(rows, epoch)) for the batches b = start, start+1, ... of one epoch (see the module doc); the
+    epoch also keys the data set's own per-row draws, if it makes any."""
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     if batch_size % process_count:
         raise ValueError(f"batch_size {batch_size} (the global batch) must divide by the {process_count} processes")
     perm = epoch_permutation(seed, epoch, len(ds))
     for b in range(start, num_batches(len(ds), batch_size)):
-        yield b, ds.batch(batch_rows(perm, b, batch_size, process_index, process_count))
+        yield b, ds.batch(batch_rows(perm, b, batch_size, process_index, process_count), epoch=epoch)

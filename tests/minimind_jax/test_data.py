@@ -141,7 +141,7 @@ class RowsDataset:
     def __len__(self):
         return self.n
 
-    def batch(self, indices):
+    def batch(self, indices, epoch=0):
         return {"rows": np.asarray(indices)}
 
 
