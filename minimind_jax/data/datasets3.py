@@ -186,9 +186,9 @@ class RLAIFDataset3(_Chat3Dataset):
         think = self.open_thinking(rows, epoch)
         for r, p, t in zip(rows, self.system_prompts(rows, epoch), think):
             system = () if p is None else (self.system_ids[p],)
-            seqs.append(np.concatenate([*system, self.cache.seq(r), self.generation_ids[t]]))
+            seqs.append(np.concatenate([*system, self.cache.seq(r), self.generation_ids[int(t)]]))
             system_text = "" if p is None else chat3.system_block(SYSTEM_PROMPTS[p])
-            texts.append(system_text + self.cache.strings(r)[0] + self.generation[t])
+            texts.append(system_text + self.cache.strings(r)[0] + self.generation[int(t)])
         prompt_ids, prompt_mask = left_padded(seqs, self.max_seq_len, self.tokenizer.pad_id)
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "index": rows.astype(np.int32),
                 "prompts": texts, "open_thinking": think}
