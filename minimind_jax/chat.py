@@ -7,8 +7,15 @@
 --weight takes a stage name (<out_dir>/<name>_<hidden>[_moe]/weights.safetensors, the trainer's layout), a run
 directory, a .safetensors file, a reference .pth (needs torch), or `none`. A config.json beside the weights wins
 over --preset.
+
+The reference's eval flags mean what they mean there: `--save_dir` is --out_dir; `--load_from model` (its default)
+reads --weight from there, any other value is a path: a run directory, a weights file, or a Hugging Face folder
+written by `python -m minimind_jax.export --format hf`; `--historys N` keeps the last N messages (an even number:
+N/2 question-answer pairs) like --history_cnt; `--inference_rope_scaling` turns YaRN on; `--lora_weight None` is no
+adapters.
 """
 import argparse
+import dataclasses
 import sys
 from functools import partial
 from pathlib import Path
@@ -18,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from minimind_jax.config import MiniMindConfig
-from minimind_jax.convert import load_weights, read_state_dict
+from minimind_jax.convert import load_weights, params_from_torch, read_state_dict
 from minimind_jax.generate import decoding_model, sample_token
 from minimind_jax.lora import apply_lora, lora_from_torch
 from minimind_jax.model import KVCache, MiniMindForCausalLM
@@ -46,24 +53,31 @@ def load_model(args) -> tuple[MiniMindForCausalLM, dict]:
     cfg = MiniMindConfig.from_preset(args.preset, **{k: v for k, v in (("hidden_size", args.hidden_size),
                                                                         ("num_hidden_layers", args.num_hidden_layers),
                                                                         ("use_moe", args.use_moe)) if v is not None})
-    model = MiniMindForCausalLM(cfg, get_policy(args.dtype))
-    if args.weight == "none":
-        return model, jax.jit(model.init)(jax.random.key(args.seed), jnp.zeros((1, 8), jnp.int32))["params"]
-    path = weights_path(args.weight, args.out_dir, cfg)
-    if (path.parent / "config.json").exists():                   # the weights' own config
-        cfg = MiniMindConfig.from_json((path.parent / "config.json").read_text())
-        model = MiniMindForCausalLM(cfg, get_policy(args.dtype))
-    params = load_weights(path, cfg)
-    if args.lora_weight:
+    source = args.weight if args.load_from in (None, "model") else args.load_from
+    if source == "none":
+        init = MiniMindForCausalLM(cfg, get_policy(args.dtype)).init
+        params = jax.jit(init)(jax.random.key(args.seed), jnp.zeros((1, 8), jnp.int32))["params"]
+    elif (Path(source) / "model.safetensors").is_file():         # a Hugging Face export
+        from minimind_jax.export import read_hf
+        cfg, sd = read_hf(source)
+        params = jax.tree.map(jnp.asarray, params_from_torch(sd, cfg, source=source))
+    else:
+        path = weights_path(source, args.out_dir, cfg)
+        if (path.parent / "config.json").exists():               # the weights' own config
+            cfg = MiniMindConfig.from_json((path.parent / "config.json").read_text())
+        params = load_weights(path, cfg)
+    if args.inference_rope_scaling:
+        cfg = dataclasses.replace(cfg, inference_rope_scaling=True)
+    if args.lora_weight not in (None, "None", "none"):
         lora_path = weights_path(args.lora_weight, args.out_dir, cfg)
         params = apply_lora(params, lora_from_torch(read_state_dict(lora_path), params, cfg, source=str(lora_path)))
-    return model, params
+    return MiniMindForCausalLM(cfg, get_policy(args.dtype)), params
 
 
 @partial(jax.jit, static_argnames=("model", "length"))
-def _prefill(model, params, ids, mask, *, length):
-    """Run the prompt [1, P] into a fresh cache of `length` slots; -> (last logits [1, V], cache)."""
-    out = model.apply({"params": params}, ids, mask, cache=KVCache.create(model.cfg, 1, length,
+def prefill(model, params, ids, mask, *, length):
+    """Run left-padded prompts [B, P] into a fresh cache of `length` slots; -> (last logits [B, V], cache)."""
+    out = model.apply({"params": params}, ids, mask, cache=KVCache.create(model.cfg, ids.shape[0], length,
                                                                           model.policy.compute_dtype))
     return out.logits[:, -1], out.cache
 
@@ -72,7 +86,8 @@ _sample = jax.jit(sample_token, static_argnames=("temperature", "top_k", "top_p"
 
 
 @partial(jax.jit, static_argnames=("model",))
-def _step(model, params, token, cache):
+def decode_step(model, params, token, cache):
+    """One token per row [B] at the cache's next position; -> (logits [B, V], cache)."""
     out = model.apply({"params": params}, token[:, None], cache=cache)
     return out.logits[:, -1], out.cache
 
@@ -85,11 +100,11 @@ def stream(model, params, prompt_ids: list[int], *, rng, max_new_tokens: int, te
     ids = np.zeros((1, P), np.int32)
     ids[0, P - len(prompt_ids):] = prompt_ids                    # left padding: the prompt ends at position P - 1
     mask = (np.arange(P) >= P - len(prompt_ids)).astype(np.int32)[None]
-    logits, cache = _prefill(model, params, jnp.asarray(ids), jnp.asarray(mask), length=P + max_new_tokens)
+    logits, cache = prefill(model, params, jnp.asarray(ids), jnp.asarray(mask), length=P + max_new_tokens)
     token = None
     for _ in range(max_new_tokens):
         if token is not None:
-            logits, cache = _step(model, params, token, cache)
+            logits, cache = decode_step(model, params, token, cache)
         rng, key = jax.random.split(rng)
         token = _sample(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
         if int(token[0]) == eos_token_id:
@@ -119,8 +134,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimind_jax.chat", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weight", default="full_sft", help="stage name, run dir, .safetensors, .pth, or none")
-    p.add_argument("--lora_weight", default=None, help="LoRA adapters to merge (stage name, run dir or file)")
-    p.add_argument("--out_dir", default="out")
+    p.add_argument("--load_from", default="model",
+                   help="'model': --weight from --out_dir; else a run dir, weights file or Hugging Face export")
+    p.add_argument("--lora_weight", default=None, help="LoRA adapters to merge (stage name, run dir or file); "
+                                                       "None: none")
+    p.add_argument("--out_dir", "--save_dir", dest="out_dir", default="out", help="where stage names are looked up")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base", "moe"])
     p.add_argument("--hidden_size", type=int, default=None)
     p.add_argument("--num_hidden_layers", type=int, default=None)
@@ -133,7 +151,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.85)
     p.add_argument("--top_p", type=float, default=0.85)
     p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--history_cnt", type=int, default=0, help="previous turns kept in the prompt (even number)")
+    p.add_argument("--history_cnt", "--historys", dest="history_cnt", type=int, default=0,
+                   help="previous messages kept in the prompt (even: question-answer pairs); 0 keeps none")
+    p.add_argument("--inference_rope_scaling", action="store_true", help="YaRN: 16x the 2048 trained positions")
     p.add_argument("--seed", type=int, default=42)
     return p
 

@@ -77,3 +77,73 @@ def test_missing_weights_is_one_line(tmp_path, capsys):
     assert chat.main(["--weight", "full_sft", "--out_dir", str(tmp_path), "--prompt", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "full_sft_512/weights.safetensors does not exist" in err
+
+
+# ---- the reference's eval flags ---------------------------------------------------------------------------------
+
+def answers(argv, monkeypatch, questions=("hi",)) -> list[list[dict]]:
+    """Run the interactive loop on `questions`; -> the messages each reply was asked to continue."""
+    seen = []
+    real_reply = chat.reply
+
+    def spy(model, params, tokenizer, messages, args, rng, out=None):
+        seen.append(messages)
+        return real_reply(model, params, tokenizer, messages, args, rng, out)
+
+    lines = iter(questions)
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines, ""))
+    monkeypatch.setattr(chat, "reply", spy)
+    assert chat.main(argv + ["--max_new_tokens", "4", "--temperature", "0"]) == 0
+    return seen
+
+
+def test_save_dir_is_the_out_dir(run_dir, tmp_path, capsys):
+    import shutil
+    d, *_ = run_dir
+    shutil.copytree(d, tmp_path / "full_sft_64")                     # the trainer's <save_dir>/<weight>_<hidden>
+    assert chat.main(["--save_dir", str(tmp_path), "--weight", "full_sft", "--hidden_size", "64",
+                      "--prompt", "hi", "--max_new_tokens", "4", "--temperature", "0"]) == 0
+    want = capsys.readouterr().out
+    assert chat.main(["--weight", str(d), "--prompt", "hi", "--max_new_tokens", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == want
+
+
+def test_historys_keeps_that_many_messages(run_dir, monkeypatch, capsys):
+    d, *_ = run_dir
+    three = ("one", "two", "three")
+    kept = answers(["--weight", str(d), "--historys", "2"], monkeypatch, three)
+    assert [[m["content"] for m in msgs if m["role"] == "user"] for msgs in kept] == \
+        [["one"], ["one", "two"], ["two", "three"]]
+    assert [m["role"] for m in kept[2]] == ["user", "assistant", "user"]
+    none = answers(["--weight", str(d), "--historys", "0"], monkeypatch, three)
+    assert [len(msgs) for msgs in none] == [1, 1, 1]
+
+
+def test_load_from_a_run_dir_or_a_hugging_face_export(run_dir, tmp_path, capsys):
+    from minimind_jax.export import export
+    d, *_ = run_dir
+    flags = ["--prompt", "hi", "--max_new_tokens", "6", "--temperature", "0"]
+    assert chat.main(["--weight", str(d)] + flags) == 0
+    want = capsys.readouterr().out
+    assert chat.main(["--load_from", str(d), "--weight", "ignored"] + flags) == 0
+    assert capsys.readouterr().out == want
+    export(d, tmp_path / "hf", "hf", outtype="f32")
+    assert chat.main(["--load_from", str(tmp_path / "hf")] + flags) == 0
+    assert capsys.readouterr().out == want
+    assert chat.main(["--load_from", str(tmp_path / "missing")] + flags) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_inference_rope_scaling_turns_yarn_on(run_dir):
+    d, cfg, *_ = run_dir
+    args = chat.parser().parse_args(["--weight", str(d), "--inference_rope_scaling"])
+    model, _ = chat.load_model(args)
+    assert model.cfg.inference_rope_scaling and not cfg.inference_rope_scaling
+    model, _ = chat.load_model(chat.parser().parse_args(["--weight", str(d)]))
+    assert not model.cfg.inference_rope_scaling
+
+
+def test_lora_weight_none_means_no_adapters(run_dir, capsys):
+    d, cfg, model, params = run_dir
+    _, loaded = chat.load_model(chat.parser().parse_args(["--weight", str(d), "--lora_weight", "None"]))
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
