@@ -12,6 +12,7 @@ checkpoint of either generation with its config dict and works out which generat
 `to_qwen3` / `from_qwen3` give the `Qwen3ForCausalLM` (dense) or `Qwen3MoeForCausalLM` state dict and config.json.
 Files: .safetensors (fp16 like the reference's checkpoints), and the reference's .pth when torch is installed.
 """
+import json
 from pathlib import Path
 
 import jax
@@ -271,3 +272,25 @@ def from_qwen3(state_dict: dict, hf_config: dict, source: str = "state_dict") ->
     cfg = MiniMindConfig(generation=3, use_moe=moe, inference_rope_scaling=rope is not None,
                          dropout=hf_config.get("attention_dropout", 0.0), **fields)
     return cfg, params_from_torch(state_dict, cfg, source)
+
+
+def save_qwen3(directory, params: dict, cfg: MiniMindConfig, dtype=np.float32) -> None:
+    """A transformers model directory (config.json + model.safetensors) that `Qwen3ForCausalLM.from_pretrained`
+    (or the MoE class) loads. Experts stay one tensor per expert, the layout of Qwen3 checkpoints, which newer
+    transformers fuses on load; the tied lm_head is left to transformers, as its save_pretrained does."""
+    from safetensors.numpy import save_file
+    sd, hf = to_qwen3(params, cfg)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=dtype) for k, v in sd.items() if k != "lm_head.weight"},
+              str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps({**hf, "torch_dtype": np.dtype(dtype).name}, indent=1))
+
+
+def load_qwen3(directory, dtype=jnp.float32) -> tuple[MiniMindConfig, dict]:
+    """(cfg, params) from a directory save_qwen3 wrote (one model.safetensors)."""
+    directory = Path(directory)
+    hf = json.loads((directory / "config.json").read_text())
+    sd = {k: np.asarray(v, np.float32) for k, v in read_state_dict(directory / "model.safetensors").items()}
+    cfg, params = from_qwen3(sd, hf, source=str(directory))
+    return cfg, jax.tree.map(lambda a: jnp.asarray(a, dtype), params)

@@ -140,7 +140,10 @@ def rope_frequencies(cfg: MiniMindConfig) -> tuple[np.ndarray, float]:
     dimensions that turn `beta_fast` and `beta_slow` times over the original 2048 positions.
     """
     d, theta = cfg.head_dim, cfg.rope_theta
-    inv_freq = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float32)[: d // 2] / d)
+    # float32 like the reference (torch): a float32 exponent, the power correctly rounded to float32 (NumPy's own
+    # float32 power is a few ulp off, i.e. ~5e-5 in cos at position 32767), then a float32 reciprocal.
+    exponent = np.arange(0, d, 2, dtype=np.float32)[: d // 2] / np.float32(d)
+    inv_freq = np.float32(1.0) / (theta ** exponent.astype(np.float64)).astype(np.float32)
     attention_factor = 1.0
     if cfg.inference_rope_scaling:
         orig_max, factor, beta_fast, beta_slow, attention_factor = 2048, 16.0, 32.0, 1.0, 1.0

@@ -1,10 +1,13 @@
 """Fixtures shared by the model-library tests."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
+from minimind_jax.convert import load_reference
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +19,25 @@ def random_lm():
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     rng = np.random.default_rng(0)
     return cfg, model, jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
+
+
+@pytest.fixture
+def golden3(shared_path):
+    """golden3('model_dense') -> dict of arrays from ../shared/minimind3/golden/model_dense.npz (minimind-3)."""
+    def load(name: str) -> dict:
+        with np.load(shared_path(f"minimind3/golden/{name}.npz")) as z:
+            return {k: z[k] for k in z.files}
+    return load
+
+
+@pytest.fixture
+def reference3(golden3):
+    """reference3('model_moe') -> (golden arrays, cfg, params) through load_reference, as a user loads a
+    minimind-3 checkpoint with its config. model_yarn runs model_dense's weights."""
+    def load(name: str, config_key: str = "config_json"):
+        g = golden3(name)
+        weights = g if name != "model_yarn" else golden3("model_dense")
+        sd = {k[3:]: v for k, v in weights.items() if k.startswith("sd/")}
+        cfg, params = load_reference(sd, json.loads(str(g[config_key])))
+        return g, cfg, params
+    return load

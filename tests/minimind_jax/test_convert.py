@@ -1,4 +1,5 @@
-"""Weight interop: the reference's names and layouts, exact round trips, files, and one-line errors."""
+"""Weight interop: the reference's names and layouts (both generations), Qwen3's, exact round trips, files, and
+one-line errors."""
 import json
 import sys
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
-from minimind_jax.convert import load_weights, params_from_torch, params_to_torch, reference_shapes, save_weights
+from minimind_jax.convert import (from_qwen3, load_reference, load_weights, params_from_torch, params_to_torch,
+                                  load_qwen3, qwen3_config, reference_config, reference_shapes, save_qwen3,
+                                  save_weights, to_qwen3)
 
 
 def golden_state_dict(golden, name):
@@ -100,3 +103,98 @@ def test_errors_name_the_file_and_tensor(tmp_path):
         params_from_torch({**sd, "lm_head.weight": sd["lm_head.weight"] + 1}, cfg)
     with pytest.raises(FileNotFoundError, match="nope.safetensors: no such weights file"):
         load_weights(tmp_path / "nope.safetensors", cfg)
+
+
+# ---- minimind-3 (generation 3) --------------------------------------------------------------------------------
+
+def reference3_state_dict(golden3, name):
+    g = golden3(name)
+    return json.loads(str(g["config_json"])), {k[3:]: v for k, v in g.items() if k.startswith("sd/")}, g
+
+
+@pytest.mark.parametrize("name", ["model_dense", "model_moe"])
+def test_generation3_state_dict_and_config_round_trip(golden3, name):
+    """load_reference reads the upstream names (QK-norm, router, experts) and config; params_to_torch and
+    reference_config give them back exactly."""
+    config, sd, g = reference3_state_dict(golden3, name)
+    cfg, params = load_reference(sd, config)
+    assert cfg.generation == 3 and cfg.use_moe == (name == "model_moe")
+    assert params["model"]["layers_1"]["self_attn"]["q_norm"]["weight"].shape == (cfg.head_dim,)
+    back = params_to_torch(params, cfg)
+    assert set(back) == set(g["sd_keys"]) == set(sd) | {"lm_head.weight"}     # the golden stores the tied matrix once
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+    assert reference_config(cfg) == config
+
+
+def test_generation3_qwen3_round_trip_is_exact():
+    for cfg in (MiniMindConfig.from_preset("tiny", generation=3, vocab_size=64),
+                MiniMindConfig.from_preset("tiny", generation=3, vocab_size=64, use_moe=True, num_experts_per_tok=2),
+                MiniMindConfig.from_preset("tiny", generation=3, vocab_size=64, inference_rope_scaling=True)):
+        params = random_params(cfg)
+        sd, hf = to_qwen3(params, cfg)
+        assert hf["architectures"] == ["Qwen3MoeForCausalLM" if cfg.use_moe else "Qwen3ForCausalLM"]
+        assert json.loads(json.dumps(hf)) == hf                  # a config.json
+        cfg_back, params_back = from_qwen3(sd, hf)
+        assert cfg_back == cfg
+        assert_trees_equal(params_back, params)
+
+
+def test_generation3_qwen3_refuses_what_minimind_lacks():
+    cfg = MiniMindConfig.from_preset("tiny", generation=3, vocab_size=64)
+    sd, hf = to_qwen3(random_params(cfg), cfg)
+    for bad, message in ((dict(model_type="llama"), "model_type 'llama' is not Qwen3"),
+                         (dict(tie_word_embeddings=False), "tie_word_embeddings=False has no MiniMind equivalent"),
+                         (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "is not MiniMind's YaRN")):
+        with pytest.raises(ValueError, match=message) as e:
+            from_qwen3(sd, {**hf, **bad})
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="only a generation-3 config"):
+        qwen3_config(MiniMindConfig.from_preset("tiny"))
+
+
+def test_other_or_mixed_generation_is_a_one_line_error(golden, golden3):
+    """A checkpoint of the other generation never loads partly (the reference's strict=False would)."""
+    config3, sd3, _ = reference3_state_dict(golden3, "model_moe")
+    cfg2, sd2 = golden_state_dict(golden, "model_moe")
+    cases = [(lambda: load_reference(sd2, config3), "config is for generation 3 but the tensors are generation 2"),
+             (lambda: load_reference(sd3, cfg2.to_dict()), "config is for generation 2 but the tensors are generation 3"),
+             (lambda: params_from_torch(sd2, load_reference(sd3, config3)[0]),
+              "missing tensor model.layers.0.self_attn.q_norm.weight .*a generation-2 checkpoint for a generation-3"),
+             (lambda: params_from_torch(sd3, cfg2), "a generation-3 checkpoint for a generation-2 config"),
+             (lambda: load_reference({**sd3, **{k: v for k, v in sd2.items() if "shared_experts" in k}}, config3),
+              "mixes generation-3 tensors"),
+             (lambda: load_reference({k: v for k, v in sd3.items() if "layers.1.self_attn.k_norm" not in k}, config3),
+              "missing tensor model.layers.1.self_attn.k_norm.weight"),
+             (lambda: load_reference(sd3, {**config3, "seq_aux": True}), "config mixes generation-2 keys")]
+    for run, message in cases:
+        with pytest.raises(ValueError, match=message) as e:
+            run()
+        assert "\n" not in str(e.value)
+    # Without generation keys in the config, the names decide.
+    bare = {k: v for k, v in config3.items() if k not in ("num_experts", "router_aux_loss_coef")}
+    assert load_reference(sd3, bare)[0].generation == 3
+
+
+def test_generation3_loads_into_transformers_qwen3(reference3, tmp_path):
+    """transformers' Qwen3ForCausalLM / Qwen3MoeForCausalLM load the saved export with no missing, unexpected or
+    misshaped tensor and give our logits, padded rows included."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    for name in ("model_dense", "model_moe"):
+        g, cfg, params = reference3(name)
+        save_qwen3(tmp_path / name, params, cfg)
+        model_class = transformers.Qwen3MoeForCausalLM if cfg.use_moe else transformers.Qwen3ForCausalLM
+        model, info = model_class.from_pretrained(tmp_path / name, output_loading_info=True, attn_implementation="eager")
+        assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+        ids, mask = g["input_ids"], np.ones_like(g["input_ids"])
+        if name == "model_dense":
+            ids, mask = g["padded_input_ids"], g["padded_attention_mask"]
+        ours = MiniMindForCausalLM(cfg).apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask)).logits
+        with torch.no_grad():
+            theirs = model.eval()(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.float().numpy()
+        real = mask[..., None] == 1
+        np.testing.assert_allclose(np.where(real, theirs, 0), np.where(real, ours, 0), atol=1e-4, rtol=0, err_msg=name)
+        cfg_back, params_back = load_qwen3(tmp_path / name)
+        assert cfg_back == cfg
+        assert_trees_equal(jax.device_get(params_back), jax.device_get(params))

@@ -65,3 +65,20 @@ def test_reward_model_scores_the_last_real_token(random_lm):
 def test_last_token_index():
     mask = jnp.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]])
     np.testing.assert_array_equal(last_token_index(mask), [2, 4, 4, 1])
+
+
+def test_generation3_critic_double_norm_matches_reference(reference3):
+    """The minimind-3 reference critic normalises the final hidden states twice; `double_norm=True` reproduces
+    its values (padded rows compared where the mask is 1), and the default single norm gives other values."""
+    g, cfg, params = reference3("model_dense")
+    hp = {"model": params["model"], "value_head": {"kernel": g["value_head.weight"].T, "bias": g["value_head.bias"]}}
+    apply = jax.jit(lambda critic, ids, mask: critic.apply({"params": hp}, ids, mask), static_argnums=0)
+    parity = MiniMindCritic(cfg, double_norm=True)
+    values = apply(parity, jnp.asarray(g["input_ids"]), None)
+    np.testing.assert_allclose(values, g["values"], atol=1e-4, rtol=0)
+    mask = g["padded_attention_mask"]
+    padded = apply(parity, jnp.asarray(g["padded_input_ids"]), jnp.asarray(mask))
+    np.testing.assert_allclose(np.where(mask == 1, padded, 0), np.where(mask == 1, g["padded_values"], 0), atol=1e-4,
+                               rtol=0)
+    single = apply(MiniMindCritic(cfg), jnp.asarray(g["input_ids"]), None)
+    assert float(jnp.abs(single - g["values"]).max()) > 1e-2

@@ -59,3 +59,19 @@ def test_reference_names_and_round_trip(random_lm):
     del sd["model.layers.1.self_attn.o_proj.lora.B.weight"]
     with pytest.raises(ValueError, match=r"missing LoRA tensor model\.layers\.1\.self_attn\.o_proj\.lora\.B\.weight"):
         lora_from_torch(sd, params, cfg)
+
+
+def test_generation3_reference_adapters(reference3):
+    """minimind-3's rank-16 adapters (q_proj and o_proj, the square Linears beside the QK-norms) load under the
+    reference's names, save back exactly, and give the reference's logits."""
+    g, cfg, params = reference3("model_dense")
+    sd = {k[5:]: v for k, v in g.items() if k.startswith("lora/")}
+    assert set(sd) == set(g["lora_keys"])
+    lora = lora_from_torch(sd, params, cfg, rank=16)
+    back = lora_to_torch(lora, cfg)
+    assert set(back) == set(sd)
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+    logits = jax.jit(lambda p, ids: MiniMindForCausalLM(cfg).apply({"params": p}, ids).logits)(
+        apply_lora(params, lora), jnp.asarray(g["lora_input_ids"]))
+    np.testing.assert_allclose(logits, g["lora_logits"], atol=1e-4, rtol=0)
