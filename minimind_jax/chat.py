@@ -130,9 +130,8 @@ def reply(model, params, tokenizer: Tokenizer, messages: list[dict], args, rng, 
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minimind_jax.chat", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose the model and tokenizer (shared with the server)."""
     p.add_argument("--weight", default="full_sft", help="stage name, run dir, .safetensors, .pth, or none")
     p.add_argument("--load_from", default="model",
                    help="'model': --weight from --out_dir; else a run dir, weights file or Hugging Face export")
@@ -143,18 +142,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden_size", type=int, default=None)
     p.add_argument("--num_hidden_layers", type=int, default=None)
     p.add_argument("--use_moe", type=lambda s: bool(int(s)), default=None)
+    p.add_argument("--inference_rope_scaling", action="store_true", help="YaRN: 16x the 2048 trained positions")
     p.add_argument("--tokenizer", default=None, help="tokenizer dir or file (default: the embedded one)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--prompt", default=None, help="one question, answered once; without it, an interactive loop")
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--max_seq_len", type=int, default=1024, help="prompt tokens kept (the most recent)")
+    p.add_argument("--seed", type=int, default=42)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minimind_jax.chat", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--prompt", default=None, help="one question, answered once; without it, an interactive loop")
     p.add_argument("--temperature", type=float, default=0.85)
     p.add_argument("--top_p", type=float, default=0.85)
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--history_cnt", "--historys", dest="history_cnt", type=int, default=0,
                    help="previous messages kept in the prompt (even: question-answer pairs); 0 keeps none")
-    p.add_argument("--inference_rope_scaling", action="store_true", help="YaRN: 16x the 2048 trained positions")
-    p.add_argument("--seed", type=int, default=42)
     return p
 
 
