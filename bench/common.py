@@ -23,7 +23,7 @@ def timeit(fn, *args, warmup: int = 1, repeat: int = 5) -> float:
 def matmul_roofline(dtype=jnp.float32, n: int = 2048) -> float:
     """FLOP/s of a large jitted matmul: the practical peak that MFU is measured against.
 
-    bf16 inputs accumulate in f32 (`preferred_element_type`), the fast path on this CPU (PERF_NOTES.md).
+    bf16 inputs accumulate in f32 (`preferred_element_type`), the fast path of XLA:CPU.
     """
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)

@@ -5,10 +5,10 @@ Two tables: the engine's GRPO (8 generations) and SPO steps, and the sampler alo
 reference's (HF-generate-style PyTorch loop with a KV cache, bench/torch_reference.py) in the same run.
 
     python -m bench.rl             # speed
-    python -m bench.rl --learn     # the reward rises: GRPO and SPO on verifiable prompts (bench/rl_learn.py)
-    python -m bench.rl --compare   # GRPO vs SPO-minimind vs SPO-paper (bench/rl_compare.py)
 
-The steps are the engine's own (train.engine.setup), from a random-init model that rarely emits eos, so every
+Whether RL learns, and how the methods compare, are experiments: `python -m experiments.rl_learn` and
+`python -m experiments.rl_compare`. The steps are the engine's own (train.engine.setup), from a random-init model
+that rarely emits eos, so every
 completion runs to full length: the worst case for the sampler.
 """
 import argparse
@@ -18,23 +18,21 @@ import time
 import jax
 import numpy as np
 
-from bench import rl_compare, rl_learn
 from bench.common import environment, peak_rss_mb, print_table, write_json
 from bench.model import bench_generate
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
-from train import stages
-from train.args import parser, with_defaults
-from train.engine import setup
+from train.args import parser
+from train.engine import make_batch, setup
+from train.run import config_of
 
-MEMORY_BANDWIDTH = 30e9   # bytes/s both cores read here (PERF_NOTES.md); override with --bandwidth
+MEMORY_BANDWIDTH = 30e9   # bytes/s both cores of the development machine read; override with --bandwidth
 
 
 def session(stage: str, preset: str, gen: int, rollout_dtype: str, out_dir: str, extra=()):
     flags = ["--stage", stage, "--preset", preset, "--from_weight", "none", "--max_gen_len", str(gen),
              "--dtype", "float32", "--rollout_dtype", rollout_dtype, "--out_dir", out_dir, "--log_interval", "1000",
              "--save_interval", "100000", *extra]
-    st = stages.get(stage)
-    return setup(st, with_defaults(parser().parse_args(flags), st.defaults))
+    return setup(*config_of(parser().parse_args(flags)))
 
 
 def time_steps(s, steps: int) -> dict:
@@ -42,7 +40,9 @@ def time_steps(s, steps: int) -> dict:
     step that compiles everything)."""
     parts = {"rollout_s": [], "reward_s": [], "logps_s": [], "update_s": [], "new_tokens": []}
     for step in range(steps + 1):
-        batch, info = s.batch(step)
+        batch, info, extra = make_batch(s, s.state, step)
+        if extra is not None:
+            s.state = s.state.replace(extra=extra)
         t0 = time.perf_counter()
         s.state, m = s.step_fn(s.state, batch, s.frozen)
         jax.block_until_ready(m)
@@ -90,10 +90,6 @@ def sampler_rows(preset: str, batch: int, prompt: int, new: int, bandwidth: floa
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--compare" in argv:       # issue 6: GRPO vs SPO (reference) vs SPO (paper), bench/rl_compare.py
-        return rl_compare.main([x for x in argv if x != "--compare"])
-    if "--learn" in argv:         # issue 8: GRPO and SPO raise the exact-answer reward, bench/rl_learn.py
-        return rl_learn.main([x for x in argv if x != "--learn"])
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default="small")
     p.add_argument("--gen", type=int, default=256)

@@ -26,9 +26,9 @@ from pathlib import Path
 import jax
 
 from bench.common import environment, peak_rss_mb, print_table, write_json
-from train import stages
-from train.args import parser, with_defaults
-from train.engine import setup
+from train.args import parser
+from train.engine import make_batch, setup
+from train.run import config_of
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 MESHES = {1: ["data=1"], 2: ["data=2", "fsdp=2"], 4: ["data=4", "fsdp=4", "data=2,fsdp=2"]}
@@ -74,15 +74,14 @@ def engine_session(preset: str, mesh: str, batch: int, seq: int, out_dir: str):
     flags = ["--stage", "pretrain", "--preset", preset, "--dtype", "float32", "--from_weight", "none",
              "--batch_size", str(batch), "--accumulation_steps", "1", "--max_seq_len", str(seq + 1),
              "--mesh", mesh, "--out_dir", out_dir, "--log_interval", "1000", "--save_interval", "100000"]
-    st = stages.get("pretrain")
-    return setup(st, with_defaults(parser().parse_args(flags), st.defaults))
+    return setup(*config_of(parser().parse_args(flags)))
 
 
 def measure(preset: str, mesh: str, batch: int, seq: int, steps: int) -> dict:
     """tokens/s (best of `steps` after one warm-up step), compile seconds and collectives of one mesh."""
     with tempfile.TemporaryDirectory() as out_dir:
         s = engine_session(preset, mesh, batch, seq, out_dir)
-        data = s.batch(0)[0]
+        data = make_batch(s, s.state, 0)[0]
         t0 = time.perf_counter()
         compiled = s.step_fn.lower(s.state, data, s.frozen).compile()
         compile_s = time.perf_counter() - t0

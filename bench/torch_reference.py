@@ -1,4 +1,4 @@
-"""The reference MiniMind train step in PyTorch (SPEC.md §1, §4), for side-by-side timing in bench.train.
+"""The reference MiniMind train step in PyTorch (the reference's model, AdamW and clipping), for side-by-side timing in bench.train.
 
 Written from the specification: RMSNorm, rotate-half RoPE, GQA through torch's fused SDPA (as the reference uses
 when available), SwiGLU, tied embeddings, and the reference's MoE (a Python loop over experts while training).

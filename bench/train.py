@@ -45,7 +45,7 @@ def engine_step(preset: str, dtype: str, accumulation: int, batch: int, seq: int
     model = MiniMindForCausalLM(cfg, policy=get_policy(dtype))
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     tx = optim.adamw(optim.sft_schedule(5e-4, 1000 * accumulation, accumulation))
-    state = TrainState.create(params, tx, 0)
+    state = TrainState.create(params, tx, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (accumulation, batch, seq + 1)).astype(np.int32)
     data = {"input_ids": jnp.asarray(ids[..., :-1]), "labels": jnp.asarray(ids[..., 1:]),

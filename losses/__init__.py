@@ -3,7 +3,7 @@
     import losses
     loss = losses.grpo_loss(logps, ref_logps, losses.grpo_advantages(rewards, 8), completion_mask, beta=0.02)
 
-Every default reproduces the reference MiniMind trainers (SPEC.md §5); the variants research users ask for are
+Every default reproduces the reference MiniMind trainers; the variants research users ask for are
 keyword-only arguments. Rewards (strings in, float32 arrays out, host-side) are in `losses.rewards`.
 """
 from losses import rewards

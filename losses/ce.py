@@ -15,11 +15,15 @@ def token_logprobs(logits, ids):
     return picked - jax.nn.logsumexp(logits, axis=-1)                                 # [B, T]
 
 
-def masked_ce(logits, labels, mask):
-    """sum(CE * mask) / sum(mask) with CE = -log p(label): the pretrain / SFT objective (without the MoE aux loss)."""
+def masked_ce(logits, labels, mask, ignore_id: int | None = None):
+    """sum(CE * mask) / sum(mask) with CE = -log p(label): the pretrain / SFT objective (without the MoE aux loss).
+
+    `ignore_id`: targets with this id add nothing to the sum but still count in sum(mask) — the reference's
+    distillation CE (`ignore_index=0` over the mask's count)."""
     ce = -token_logprobs(logits, labels)                                              # [B, T]
     mask = jnp.asarray(mask, jnp.float32)
-    return safe_divide(jnp.sum(zero_masked(ce, mask) * mask), jnp.sum(mask))
+    weight = mask if ignore_id is None else mask * (labels != ignore_id)
+    return safe_divide(jnp.sum(zero_masked(ce, weight) * weight), jnp.sum(mask))
 
 
 def reason_ce(logits, labels, mask, special_ids, weight=10.0, *, respect_mask: bool = False):

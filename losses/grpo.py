@@ -15,7 +15,7 @@ def grpo_advantages(rewards, num_generations: int, *, scale_rewards: bool = True
         A = (A - mean(A)) / (std(A) + 1e-8)                             over the whole batch (unbiased)
 
     `scale_rewards=False` drops the group std (Dr. GRPO); `batch_normalize=False` drops the second line.
-    A group whose rewards are all equal gets exactly 0 (SPEC.md §7): its mean is not exact in float, and dividing
+    A group whose rewards are all equal gets exactly 0: its mean is not exact in float, and dividing
     that rounding noise by a std of ~0 + eps would turn it into a learning signal.
     """
     G = num_generations

@@ -5,7 +5,7 @@ divergence", 2020). With log r = ref_logp - logp:
     k2 = (log r)^2 / 2                          biased, low variance, >= 0
     k3 = (r - 1) - log r = exp(ref - logp) - (ref - logp) - 1   unbiased, low variance, >= 0 (the reference's)
 
-As a loss term k3's gradient is biased (SPEC.md §7); k1 in the loss gives the exact gradient of the KL in expectation
+As a loss term k3's gradient is biased (it is an estimator of the value, not of the gradient); k1 in the loss gives the exact gradient of the KL in expectation
 only through the score function, which these losses do not add, so k1 is offered for research comparisons.
 """
 import jax.numpy as jnp

@@ -34,7 +34,7 @@ def completion_mask(completion_ids, eos_id):
     """int32 [B, R]: 1 up to and including the first eos, 0 after it; a row without eos keeps every position.
 
     `cumsum(is_eos) - is_eos` counts the eos tokens strictly before each position, so the mask is where that is 0.
-    Never inferred from the pad id (SPEC.md §7): pad 0 may legitimately be sampled before the eos.
+    Never inferred from the pad id: pad 0 may legitimately be sampled before the eos.
     """
     is_eos = (completion_ids == eos_id).astype(jnp.int32)                 # [B, R]
     eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos                      # [B, R]

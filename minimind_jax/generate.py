@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax import lax
 
+import losses
 from minimind_jax.model import KVCache, MiniMindForCausalLM, decode_layout
 from minimind_jax.precision import Policy
 
@@ -48,11 +49,10 @@ def sample_token(logits, rng, temperature: float, top_k: int = 0, top_p: float =
 
 
 def completion_mask(tokens, eos_token_id: int | None):
-    """int32 [B, N]: 1 up to and including the first eos of each row, all 1 where there is none."""
+    """int32 [B, N]: 1 up to and including the first eos of each row, all 1 where there is none (or no eos id)."""
     if eos_token_id is None:
         return jnp.ones_like(tokens, dtype=jnp.int32)
-    is_eos = (tokens == eos_token_id).astype(jnp.int32)
-    return (jnp.cumsum(is_eos, axis=1) - is_eos == 0).astype(jnp.int32)
+    return losses.completion_mask(tokens, eos_token_id)
 
 
 def decoding_model(model: MiniMindForCausalLM, params) -> MiniMindForCausalLM:

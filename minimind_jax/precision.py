@@ -1,12 +1,11 @@
 """Precision policy: which dtype the weights are stored in, which the matmuls run in, which the logits come out in.
 
 Every layer reads its dtypes from one Policy instead of scattering casts. Whatever the compute dtype, matmuls
-accumulate in float32 (`preferred_element_type`: also the fast AMX path on CPU, PERF_NOTES.md), and RMSNorm and
+accumulate in float32 (`preferred_element_type`: also the fastest path of XLA:CPU for bf16), and RMSNorm and
 softmax run in float32.
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,19 +15,6 @@ class Policy:
     param_dtype: np.dtype       # master weights (what the optimizer updates)
     compute_dtype: np.dtype     # activations and matmul operands
     output_dtype: np.dtype      # logits / values handed to the losses
-
-    def cast_to_compute(self, tree):
-        return cast(tree, self.compute_dtype)
-
-    def cast_to_param(self, tree):
-        return cast(tree, self.param_dtype)
-
-
-def cast(tree, dtype):
-    """Cast every floating leaf of `tree` to `dtype` (integer leaves, e.g. token ids, pass through)."""
-    def leaf(x):
-        return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
-    return jax.tree.map(leaf, tree)
 
 
 _F32, _BF16, _F16 = np.dtype("float32"), np.dtype(jnp.bfloat16), np.dtype("float16")

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MINIMIND_SHARED", REPO.parent / "shared"))
-GOLDEN = SHARED / "golden"
+from tests.helpers import GOLDEN, REPO, SHARED  # noqa: F401  (re-exported: older test modules import them here)
 
 # JAX compiles on the first call of every new shape: wall-clock deadlines would only measure compilation.
 settings.register_profile("default", deadline=None, max_examples=30, print_blob=True)

@@ -1,18 +1,29 @@
 """Command-line flags: the reference's names (so MiniMind users feel at home) plus this project's additions.
 
 Flags whose default depends on the stage (learning rate, batch size, ...) are None here and filled from the
-stage's `defaults` (the reference's values, SPEC.md §5).
+stage's `defaults` (the reference's values); `config.TrainConfig.from_flags` then turns the namespace into the typed,
+validated configuration everything else reads. This module imports nothing heavy, so `--help` is instant.
 """
 import argparse
+import sys
 
-STAGE_NAMES = ["pretrain", "full_sft", "lora", "distillation", "reason", "dpo", "reward", "ppo", "grpo", "spo"]
+STAGE_NAMES = ["pretrain", "full_sft", "lora", "distillation", "reason", "dpo", "reward", "ppo", "grpo", "spo",
+               "spo_paper"]
 ALIASES = {"sft": "full_sft", "distill_reason": "reason", "distill": "distillation"}
 PIPELINE = ["pretrain", "full_sft", "lora", "distillation", "dpo", "reason", "reward", "ppo", "grpo", "spo"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A flag mistake is one line (what is wrong and what to do), exit code 2: like every other user error."""
+
+    def error(self, message):
+        print(f"error: {message} (see python -m train.run --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.run", description="Train MiniMind in JAX: one engine, every stage.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog="python -m train.run", description="Train MiniMind in JAX: one engine, every stage.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
     add("--stage", required=True, help=f"one of {STAGE_NAMES}, an alias {sorted(ALIASES)}, or 'all' (the pipeline)")
     # model
@@ -20,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
     add("--hidden_size", type=int, default=None)
     add("--num_hidden_layers", type=int, default=None)
     add("--use_moe", type=int, default=None, choices=[0, 1])
-    add("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bfloat16 on GPU/TPU, float32 on CPU)")
+    add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on GPU/TPU, float32 on CPU")
     # optimisation (None = the stage's reference default)
     add("--epochs", type=int, default=None)
     add("--batch_size", type=int, default=None, help="global batch (all devices and hosts together)")
@@ -75,7 +87,9 @@ def parser() -> argparse.ArgumentParser:
     add("--reasoning", type=int, default=1, choices=[0, 1], help="1: add the <think>/<answer> format and tag reward")
     add("--answer_reward", type=float, default=1.0, help="weight of the exact-answer reward (rows with an answer)")
     add("--reward_model", default=None, help="NAME or path of a reward model trained by --stage reward")
-    add("--reward_fn", default=None, help="module:function(prompts, responses, answers) -> float[B], added")
+    add("--reward_fn", default=None, help="module:function or file.py:function (prompts, responses, answers) -> "
+                                         "float[B], added. Runs your code; a module is imported from the installed "
+                                         "packages, not from the current directory (name a file for that)")
     # rl: objectives
     add("--clip_epsilon", type=float, default=0.1)
     add("--vf_coef", type=float, default=0.5)
@@ -85,18 +99,21 @@ def parser() -> argparse.ArgumentParser:
     add("--kl_estimator", default="k3", choices=["k3", "k1"])
     add("--spo_mode", default="minimind", choices=["minimind", "paper"],
         help="SPO: the reference's one global tracker, or the paper's per-prompt trackers, prioritised prompts and "
-             "PPO-clip (train/spo_paper.py)")
+             "PPO-clip (the same as --stage spo_paper)")
     add("--spo_init_samples", type=int, default=0,
         help="SPO paper: completions per prompt sampled before training to set each prompt's prior (0: Beta(.5, .5))")
     add("--spo_rho_min", type=float, default=0.875, help="SPO paper: lower clip of the forgetting rate rho")
     return p
 
 
-def canonical_stage(name: str) -> str:
+def canonical_stage(name: str, spo_mode: str = "minimind") -> str:
+    """The stage module a --stage (and --spo_mode) names; an unknown name is one line, exit code 2."""
     name = ALIASES.get(name, name)
     if name not in STAGE_NAMES + ["all"]:
-        raise SystemExit(f"--stage {name!r}: expected one of {', '.join(STAGE_NAMES + ['all'])} (or {', '.join(ALIASES)})")
-    return name
+        print(f"error: --stage {name!r}: expected one of {', '.join(STAGE_NAMES + ['all'])} (or {', '.join(ALIASES)})",
+              file=sys.stderr)
+        sys.exit(2)
+    return "spo_paper" if name == "spo" and spo_mode == "paper" else name
 
 
 def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:

@@ -26,8 +26,8 @@ class Rows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, indices: np.ndarray) -> dict:
-        return self.dataset.batch(self.rows[np.asarray(indices)])
+    def batch(self, indices: np.ndarray, epoch: int = 0) -> dict:
+        return self.dataset.batch(self.rows[np.asarray(indices)], epoch=epoch)
 
 
 def held_out_split(n: int, every: int = 10) -> tuple[np.ndarray, np.ndarray]:

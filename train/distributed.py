@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from train.stage import UsageError
+from train.errors import UsageError
 
 
 def launcher() -> str | None:

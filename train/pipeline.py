@@ -25,7 +25,7 @@ TINY = {
 def stage_plan(args, given: set[str]) -> list[tuple[str, dict]]:
     """[(stage, overrides)] for `--stage all`: the tiny demo's settings unless a flag was given explicitly; the
     pipeline trains one model size, so distillation's teacher is that size's full_sft model."""
-    from train.engine import model_config
+    from train.config import model_config
     cfg = model_config(args)
     plan = []
     for name in [n for n in PIPELINE if n in stages.available()]:

@@ -1,27 +1,50 @@
-"""Rollouts for the RL stages: sample completions with the jitted generator, then score every completion token
-under the policy (and reference, old actor) in one jitted forward over the whole batch.
+"""RL's one home: a batch of prompts becomes a batch of scored rollouts, ready for the jitted update.
+
+    prompts [A, B, P] -> G completions each (jitted sampler) -> rewards (host: they read strings)
+      -> log-probs of the reference and of the sampling policy (one jitted forward each)
+      -> every array reshaped to [A, B * G, ...] (micro-batch axis first, like every engine batch)
 
 Sequences are [prompt (left-padded) | completion]; positions are indices in that padded sequence both while
-sampling and while scoring, so the log-probs the update recomputes are the sampler's (SPEC.md §7).
+sampling and while scoring, so the log-probs the update recomputes are the sampler's.
+
+Rewards are a weighted sum of the parts the flags choose: the reference's <think>/<answer> format and tag reward
+(`--reasoning 1`), an exact-answer reward on rows with a reference answer (`--answer_reward W`), a reward model's
+score (`--reward_model`; clipped to [-3, 3] and mixed 0.4/0.6 with the answer-only score in reasoning mode, the
+reference's rule), and a user function (`--reward_fn`).
 """
+import importlib
+import importlib.util
+import os
+import sys
+import time
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import losses
+from losses import rewards as R
+from minimind_jax import MiniMindConfig
 from minimind_jax.generate import generate
+from minimind_jax.paths import resolve_weights
+from train import rng
+from train.config import TrainConfig
+from train.errors import UsageError
 
 
-def sample(run, params, prompt_ids, prompt_mask, rng):
-    """[N, P] prompts -> (sequences int32 [N, P + R], completion_mask int32 [N, R])."""
-    a, tok = run.args, run.tokenizer
-    if a.rollout_dtype == "bfloat16":
+# ---- sampling and scoring under a policy ---------------------------------------------------------------------------
+
+def sample(run, params, prompt_ids, prompt_mask, key, temperature: float | None = None):
+    """[N, P] prompts -> (sequences int32 [N, P + R], completion_mask int32 [N, R]); `temperature` overrides the
+    rollout's (0: greedy, for evaluation)."""
+    r, tok = run.config.rollout, run.tokenizer
+    if r.dtype == "bfloat16":
         params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
-    out = generate(run.model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng=rng,
-                   max_new_tokens=a.max_gen_len, temperature=a.rollout_temperature, top_k=a.rollout_top_k,
-                   top_p=a.rollout_top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    out = generate(run.model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng=key,
+                   max_new_tokens=r.max_gen_len, temperature=r.temperature if temperature is None else temperature,
+                   top_k=r.top_k, top_p=r.top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     return out.sequences, out.completion_mask
 
 
@@ -45,10 +68,115 @@ def decode(tokenizer, sequences, completion_mask, prompt_len: int) -> list[str]:
             for row, keep in zip(ids, mask)]
 
 
-def policy_logps(model, params, batch, rng):
+def policy_logps(model, params, batch, key):
     """In the loss: the policy's completion log-probs [N, R] (differentiable) and its MoE aux loss."""
     seq, amask, cmask = batch["sequences"], batch["attention_mask"], batch["completion_mask"]
     R = cmask.shape[1]
     out = model.apply({"params": params}, seq[:, :-1], attention_mask=amask[:, :-1], train=True,
-                      rngs={"dropout": rng})
+                      rngs={"dropout": key})
     return losses.token_logprobs(out.logits[:, -R:], seq[:, -R:]), out.aux_loss
+
+
+# ---- rewards -------------------------------------------------------------------------------------------------------
+
+def load_reward_fn(spec: str):
+    """`--reward_fn module:function` or `path/to/file.py:function`. This runs the user's code. A module name is
+    imported from the installed packages, not from the current directory (which `python -m` would put first): name
+    a file to use one from there."""
+    module, _, name = spec.rpartition(":")
+    try:
+        if module.endswith(".py"):
+            spec_ = importlib.util.spec_from_file_location(Path(module).stem, module)
+            if spec_ is None or not Path(module).is_file():
+                raise ImportError(f"no such file {module}")
+            mod = importlib.util.module_from_spec(spec_)
+            spec_.loader.exec_module(mod)
+        else:
+            here = {"", ".", os.getcwd()}
+            saved = sys.path[:]
+            sys.path[:] = [p for p in sys.path if p not in here]
+            try:
+                mod = importlib.import_module(module)
+            finally:
+                sys.path[:] = saved
+        return getattr(mod, name)
+    except (ImportError, AttributeError, ValueError, SyntaxError) as e:
+        raise UsageError(f"--reward_fn {spec}: cannot import it ({e}); expected module:function or "
+                         f"file.py:function") from None
+
+
+def reward_model_scorer(config: TrainConfig, tokenizer):
+    """texts -> float32 [N] scores of the reward model named by --reward_model."""
+    from train.stages.reward import load_reward_model
+    cfg: MiniMindConfig = config.model
+    try:
+        path = resolve_weights(config.reward.reward_model, config.checkpoint.out_dir, cfg, "--reward_model")
+        model, params = load_reward_model(path, cfg)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"--reward_model {config.reward.reward_model}: {e}") from None
+    scores = jax.jit(lambda ids, mask: model.apply({"params": params}, ids, mask))
+    keep = config.data.max_seq_len + config.rollout.max_gen_len
+
+    def score_fn(texts):
+        rows = [tokenizer.encode(t)[-keep:] for t in texts]
+        ids = np.zeros((len(rows), max(map(len, rows))), np.int32)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row
+        return np.asarray(scores(ids, (ids != tokenizer.pad_id).astype(np.int32)))
+    return score_fn
+
+
+def make_scorer(config: TrainConfig, tokenizer):
+    """(prompts, responses, answers) -> (total float32 [N], {part: float32 [N]}), built once per run."""
+    rc = config.reward
+    rm = reward_model_scorer(config, tokenizer) if rc.reward_model else None
+    user = load_reward_fn(rc.reward_fn) if rc.reward_fn else None
+
+    def score(prompts: list[str], responses: list[str], answers: list[str]):
+        parts = {}
+        if rc.reasoning:
+            parts["format"] = R.format_reward(responses)
+        if rc.answer_weight:
+            parts["answer"] = rc.answer_weight * R.answer_reward(responses, answers)
+        if rm is not None:
+            parts["rm"] = R.reward_model_reward(prompts, responses, rm, reasoning=rc.reasoning)
+        if user is not None:
+            parts["custom"] = np.asarray(user(list(prompts), list(responses), list(answers)), np.float32)
+        total = sum(parts.values()) if parts else np.zeros(len(responses), np.float32)
+        return np.asarray(total, np.float32), parts
+    return score
+
+
+# ---- the rollout batch ---------------------------------------------------------------------------------------------
+
+def rollout_batch(run, sample_params, frozen, arrays, host, step, *, num_generations=1, old_params=None):
+    """(device batch, host info) for one optimizer step. The sampling key depends only on (seed, step)."""
+    A, B, P = arrays["prompt_ids"].shape
+    G = num_generations
+    prompt_ids = np.repeat(arrays["prompt_ids"].reshape(A * B, P), G, axis=0)        # [N, P], N = A*B*G
+    prompt_mask = np.repeat(arrays["prompt_mask"].reshape(A * B, P), G, axis=0)
+
+    t0 = time.perf_counter()
+    sequences, completion_mask = sample(run, sample_params, prompt_ids, prompt_mask,
+                                        rng.draw(run.config.seed, "rollout", step))
+    amask = attention_mask(prompt_mask, completion_mask)
+    jax.block_until_ready(sequences)
+    t1 = time.perf_counter()
+    responses = decode(run.tokenizer, sequences, completion_mask, P)
+    repeat = lambda xs: [x for x in xs for _ in range(G)]
+    rewards, components = run.score(repeat(host["prompts"]), responses, repeat(host["answers"]))
+    t2 = time.perf_counter()
+    batch = {"sequences": sequences, "attention_mask": amask, "completion_mask": completion_mask,
+             "rewards": rewards, "index": np.repeat(arrays["index"].reshape(-1), G),
+             "ref_logps": completion_logps(run.model, frozen["ref"], sequences, amask, completion_mask)}
+    if old_params is not None:
+        batch["old_logps"] = completion_logps(run.model, old_params, sequences, amask, completion_mask)
+    batch = jax.tree.map(lambda x: np.asarray(x).reshape(A, B * G, *np.shape(x)[1:]), batch)
+    t3 = time.perf_counter()
+    lengths = np.asarray(completion_mask).sum(-1)
+    info = {"reward": float(np.mean(rewards)), **{f"reward_{k}": float(np.mean(v)) for k, v in components.items()},
+            "response_len": float(lengths.mean()), "completion_tokens": int(lengths.sum()),
+            "rollout_s": t1 - t0, "reward_s": t2 - t1, "logps_s": t3 - t2}
+    return batch, info

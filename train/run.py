@@ -6,29 +6,27 @@ import argparse
 import sys
 
 from train.args import canonical_stage, parser, with_defaults
-from train.pipeline import stage_plan
-from train.stage import UsageError
-from train import stages
 
 
-def init_distributed(args) -> None:
-    """Multi-host through JAX's own runtime: explicit flags, or auto-detection (SLURM, Open MPI, TPU pods) when JAX
-    offers it. Before anything touches a device."""
-    from train.distributed import initialize
-    initialize(args.coordinator_address, args.num_processes, args.process_id)
+def config_of(flags: argparse.Namespace):
+    """The typed configuration of a namespace for one stage: the stage's defaults under the flags given."""
+    from train import stages
+    from train.config import TrainConfig
+    stage = stages.get(flags.stage)
+    return stage, TrainConfig.from_flags(with_defaults(flags, stage.defaults))
 
 
-def run_stage(name: str, args):
+def run_stage(flags: argparse.Namespace, callback=None):
     from train.engine import train
-    stage = stages.get(name)
-    return train(stage, with_defaults(args, {**stage.defaults, "stage": name}))
+    stage, config = config_of(flags)
+    return train(stage, config, callback)
 
 
-def run_pipeline(args, given: set[str]) -> None:
-    for name, overrides in stage_plan(args, given):
+def run_pipeline(flags: argparse.Namespace, given: set[str]) -> None:
+    from train.pipeline import stage_plan
+    for name, overrides in stage_plan(flags, given):
         print(f"\n=== {name} ===", flush=True)
-        stage_args = argparse.Namespace(**{**vars(args), **overrides, "stage": name})
-        run_stage(name, stage_args)
+        run_stage(argparse.Namespace(**{**vars(flags), **overrides, "stage": name}))
 
 
 def explicit_flags(argv) -> set[str]:
@@ -38,17 +36,17 @@ def explicit_flags(argv) -> set[str]:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
-    args.stage = canonical_stage(args.stage)
-    if args.stage not in ("all", *stages.available()):
-        sys.exit(f"error: --stage {args.stage} is not implemented yet")
+    flags = parser().parse_args(argv)
+    flags.stage = canonical_stage(flags.stage, flags.spo_mode)
     from minimind_jax.data import DataError
+    from train.distributed import initialize
+    from train.errors import UsageError
     try:
-        init_distributed(args)
-        if args.stage == "all":
-            run_pipeline(args, explicit_flags(argv))
+        initialize(flags.coordinator_address, flags.num_processes, flags.process_id)   # before any device is touched
+        if flags.stage == "all":
+            run_pipeline(flags, explicit_flags(argv))
         else:
-            run_stage(args.stage, args)
+            run_stage(flags)
     except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -11,13 +11,14 @@ class TrainState:
     step: jax.Array       # int32 []   optimizer steps taken
     params: Any           # the trainable pytree (LoRA: only the adapters; PPO: {'actor', 'critic'})
     opt_state: Any
-    rng: jax.Array        # uint32 [2] raw key: plain arrays checkpoint everywhere
+    rng: jax.Array        # uint32 [2] raw key of the "train" stream, split once per step: plain arrays checkpoint
+                          # everywhere
     extra: dict           # the stage's own state: SPO tracker, PPO old actor, fp16 loss scale, ...
 
     @classmethod
-    def create(cls, params, tx, seed: int, extra: dict | None = None) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                   rng=jax.random.PRNGKey(seed), extra=extra or {})
+    def create(cls, params, tx, key: jax.Array, extra: dict | None = None) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=key,
+                   extra=extra or {})
 
 
 @flax.struct.dataclass

@@ -1,6 +1,6 @@
 """The train step: gradients of the stage's loss over `accumulation_steps` micro-batches, one Optax update.
 
-`loss_fn(params, batch, rng, frozen, extra) -> (loss, metrics)` is the stage's pure loss (DESIGN.md), with two
+`loss_fn(params, batch, rng, frozen, extra) -> (loss, metrics)` is the stage's pure loss, with two
 explicit extra arguments: `frozen` (teacher, reference policy, LoRA base: read, never differentiated) and `extra`
 (the stage's state). They are arguments, not closures, so that XLA does not bake them into the program as constants.
 """

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import losses
-from tests.losses.conftest import assert_close, floats, masks, pad_columns
+from tests.losses.helpers import assert_close, floats, masks, pad_columns
 
 B, T, V = 2, 5, 7
 SPECIAL = np.array([2, 5], np.int32)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 
 import losses
-from tests.losses.conftest import assert_close, floats, masks, pad_columns
+from tests.losses.helpers import assert_close, floats, masks, pad_columns
 
 B, T, V = 2, 4, 6
 _kd = jax.jit(jax.value_and_grad(losses.distill_kl))

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import losses
-from tests.losses.conftest import assert_close, logps, masks, pad_columns
+from tests.losses.helpers import assert_close, logps, masks, pad_columns
 
 PAIRS, T = 3, 5
 _dpo = jax.jit(jax.value_and_grad(losses.dpo_loss), static_argnames=("average_log_prob", "loss_type"))

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given
 
 import losses
-from tests.losses.conftest import assert_close, floats, logps, pad_columns, prefix_masks
+from tests.losses.helpers import assert_close, floats, logps, pad_columns, prefix_masks
 
 G, GROUPS, R = 4, 3, 6
 N = G * GROUPS

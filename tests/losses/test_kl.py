@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 
 import losses
-from tests.losses.conftest import floats, logps
+from tests.losses.helpers import floats, logps
 
 _k3 = jax.jit(losses.kl_k3)
 

@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import losses
 from losses.masks import reduce_tokens, safe_divide
-from tests.losses.conftest import floats, masks
+from tests.losses.helpers import floats, masks
 
 EOS = 2
 _completion_mask = jax.jit(losses.completion_mask, static_argnums=1)
@@ -31,7 +31,7 @@ def test_completion_mask_is_prefix_through_first_eos(ids):
 
 
 def test_completion_mask_ignores_pad_before_eos():
-    """Pad id 0 sampled before the eos stays in the mask (SPEC.md §7: never infer the mask from pad)."""
+    """Pad id 0 sampled before the eos stays in the mask (never infer the mask from pad)."""
     np.testing.assert_array_equal(_completion_mask(np.array([[5, 0, 2, 0, 0]]), EOS), [[1, 1, 1, 0, 0]])
 
 

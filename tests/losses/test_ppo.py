@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import losses
-from tests.losses.conftest import assert_close, floats
+from tests.losses.helpers import assert_close, floats
 
 B = 6
 EPS = 0.1

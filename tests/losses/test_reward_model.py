@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import losses
-from tests.losses.conftest import floats
+from tests.losses.helpers import floats
 
 _bt = jax.jit(jax.value_and_grad(losses.bradley_terry_loss, argnums=(0, 1), has_aux=True))
 

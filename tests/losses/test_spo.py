@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import losses
-from tests.losses.conftest import assert_close, floats, logps, pad_columns, prefix_masks
+from tests.losses.helpers import assert_close, floats, logps, pad_columns, prefix_masks
 
 B, R = 5, 6
 _update = jax.jit(losses.spo_tracker_update)

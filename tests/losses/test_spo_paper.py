@@ -1,4 +1,4 @@
-"""SPO as the paper defines it (issue 6): the per-prompt table, drift-adaptive rho, scatter updates with repeats,
+"""SPO as the paper defines it: the per-prompt table, drift-adaptive rho, scatter updates with repeats,
 batch-normalised advantages, PPO-clip, prioritised resampling, and where the paper and minimind modes agree."""
 import subprocess
 import sys
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import losses
 from losses.spo_paper import EXPLORATION, RHO_MAX, RHO_MIN
-from tests.losses.conftest import floats, logps, pad_columns, prefix_masks
+from tests.losses.helpers import floats, logps, pad_columns, prefix_masks
 
 N, B, R = 7, 4, 5          # prompts in the data set, rows per batch, completion width
 _rho = jax.jit(losses.spo_table_rho)

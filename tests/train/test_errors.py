@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.train.conftest import TINY, train
+from tests.train.helpers import TINY, train
 from train.run import main
 
 
@@ -45,14 +45,14 @@ def test_bad_mesh_flag(tmp_path, sample_slices):
 
 def test_tokenizer_larger_than_the_model_vocab(monkeypatch):
     from minimind_jax.tokenizer import Tokenizer
-    from train import stages
-    from train.args import parser, with_defaults
+    from train.args import parser
     from train.engine import build_run
-    from train.stage import UsageError
+    from train.errors import UsageError
+    from train.run import config_of
     monkeypatch.setattr(Tokenizer, "load", classmethod(lambda cls, path=None: SimpleNamespace(vocab_size=7000)))
-    args = with_defaults(parser().parse_args(["--stage", "pretrain", *TINY]), stages.get("pretrain").defaults)
+    stage, config = config_of(parser().parse_args(["--stage", "pretrain", *TINY]))
     with pytest.raises(UsageError, match="7000 ids but the model's vocab_size is 6400"):
-        build_run(stages.get("pretrain"), args)
+        build_run(stage, config)
 
 
 @pytest.mark.parametrize("flags,message", [(["--lora_rank", "4"], "has rank 8, the run's --lora_rank is 4"),

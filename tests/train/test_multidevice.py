@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train.conftest import TINY, losses_of, train
+from tests.train.helpers import TINY, losses_of, train
 from train.mesh import make_mesh, parse_mesh, process_rows
 
 SHAPES = {
@@ -24,11 +24,11 @@ SHAPES = {
                  "--epochs", "2", "--max_steps", "4"],
     "dpo": ["--batch_size", "4", "--max_seq_len", "48", "--learning_rate", "1e-3", "--max_steps", "3"],
     "grpo": ["--batch_size", "4", "--max_seq_len", "48", "--max_gen_len", "12", "--num_generations", "2",
-             "--learning_rate", "1e-3", "--max_steps", "2", "--reward_fn", "tests.train.test_multidevice:text_length_reward"],
+             "--learning_rate", "1e-3", "--max_steps", "2", "--reward_fn", f"{Path(__file__)}:text_length_reward"],
     "moe": ["--use_moe", "1", "--num_hidden_layers", "1", "--batch_size", "8", "--accumulation_steps", "1",
             "--max_seq_len", "48", "--learning_rate", "1e-3", "--max_steps", "3"],
     "spo_paper": ["--spo_mode", "paper", "--spo_init_samples", "1", "--reasoning", "0", "--answer_reward", "0",
-                  "--reward_fn", "tests.train.test_spo_paper:parity_reward", "--batch_size", "4",
+                  "--reward_fn", f"{Path(__file__).parent / 'test_spo_paper.py'}:parity_reward", "--batch_size", "4",
                   "--accumulation_steps", "1", "--max_seq_len", "48", "--max_gen_len", "12", "--learning_rate", "1e-3",
                   "--epochs", "2", "--max_steps", "4"],
 }
@@ -68,7 +68,7 @@ def worker(jobs_path: str, report_path: str) -> None:
     report = {}
     for name, (out, argv) in json.loads(Path(jobs_path).read_text()).items():
         args = parser().parse_args(["--out_dir", out, *argv])
-        session = run_stage(args.stage, args)
+        session = run_stage(args)
         report[name] = {"records": read(session.run.run_dir / "metrics.jsonl"), "layouts": layouts(session.state)}
     Path(report_path).write_text(json.dumps(report))
 

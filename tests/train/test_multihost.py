@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from safetensors.numpy import load_file
 
-from tests.train.conftest import TINY, losses_of, train
+from tests.train.helpers import TINY, losses_of, train
 from train.distributed import initialize, launcher
 from train.metrics import read
 

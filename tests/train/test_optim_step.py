@@ -73,8 +73,8 @@ def test_accumulation_equals_one_big_batch():
     params, batch = _toy()
     tx = optim.adamw(lambda k: 1e-2, grad_clip=1.0)
     step = jax.jit(make_train_step(_linear_loss, tx))
-    whole, _ = step(TrainState.create(params, tx, 0), jax.tree.map(lambda v: v[None], batch), {})
-    split, m = step(TrainState.create(params, tx, 0), jax.tree.map(lambda v: v.reshape(4, 2, *v.shape[1:]), batch), {})
+    whole, _ = step(TrainState.create(params, tx, jax.random.PRNGKey(0)), jax.tree.map(lambda v: v[None], batch), {})
+    split, m = step(TrainState.create(params, tx, jax.random.PRNGKey(0)), jax.tree.map(lambda v: v.reshape(4, 2, *v.shape[1:]), batch), {})
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(split.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert int(split.step) == 1 and set(m) >= {"loss", "grad_norm"}
@@ -84,7 +84,7 @@ def test_clipping_bounds_the_update_norm():
     params, batch = _toy()
     batch = {**batch, "y": batch["y"] * 1e4}                            # a huge gradient
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(1.0))
-    new, m = jax.jit(make_train_step(_linear_loss, tx))(TrainState.create(params, tx, 0),
+    new, m = jax.jit(make_train_step(_linear_loss, tx))(TrainState.create(params, tx, jax.random.PRNGKey(0)),
                                                        jax.tree.map(lambda v: v[None], batch), {})
     delta = optax.global_norm(jax.tree.map(jnp.subtract, new.params, params))
     assert float(m["grad_norm"]) > 1e3 and float(delta) == pytest.approx(1.0, rel=1e-5)
@@ -93,7 +93,7 @@ def test_clipping_bounds_the_update_norm():
 def test_fp16_overflow_skips_the_update_and_halves_the_scale():
     params, batch = _toy()
     tx = optim.adamw(lambda k: 1e-2)
-    state = TrainState.create(params, tx, 0, {"loss_scale": LossScale.create(2.0**15)})
+    state = TrainState.create(params, tx, jax.random.PRNGKey(0), {"loss_scale": LossScale.create(2.0**15)})
     bad = {**batch, "y": batch["y"].at[0].set(jnp.inf)}
     step = jax.jit(make_train_step(_linear_loss, tx))
     after, _ = step(state, jax.tree.map(lambda v: v[None], bad), {})

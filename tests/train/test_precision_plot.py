@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tests.train.conftest import losses_of, train
+from tests.train.helpers import losses_of, train
 from train.metrics import read
 from train.run import main
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.train.conftest import TINY, losses_of, train
+from tests.train.helpers import TINY, losses_of, train
 
 SHAPE = ["--batch_size", "4", "--max_seq_len", "48", "--epochs", "3"]
 

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.train.conftest import losses_of, train
+from tests.train.helpers import losses_of, train
 
 RL = ["--batch_size", "2", "--max_seq_len", "48", "--max_gen_len", "12", "--learning_rate", "1e-4",
       "--from_weight", "full_sft"]

@@ -1,9 +1,9 @@
-"""Proof that the RL stages learn (issue 8), slow: from a tiny pretrain + full_sft model (the `--stage all` one
+"""Proof that the RL stages learn, slow: from a tiny pretrain + full_sft model (the `--stage all` one
 when out/full_sft_64 exists, else trained here in ~3 minutes), GRPO and SPO with the exact-answer reward alone
 raise the greedy accuracy on held-out verifiable prompts. `pytest -m slow` runs it."""
 import pytest
 
-from bench import rl_learn
+from experiments import rl_learn
 
 pytestmark = pytest.mark.slow
 

@@ -1,23 +1,26 @@
-"""`--stage spo --spo_mode paper` (issue 6) on the tiny model: it runs and logs the per-prompt trackers and the
+"""`--stage spo --spo_mode paper` on the tiny model: it runs and logs the per-prompt trackers and the
 prioritised sampling, its table is initialised from offline samples, checkpointed, and restored exactly, and a
 prompt it never visited keeps its prior. The math itself is tested in tests/losses/test_spo_paper.py (including
 where the paper and minimind modes agree)."""
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
 
 import losses
 from minimind_jax.data import epoch_permutation
-from tests.train.conftest import TINY, train
-from train import spo_paper, stages
-from train.args import parser, with_defaults
+from tests.train.helpers import TINY, train
+from train import rng
+from train.args import parser
 from train.batches import step_rows
-from train.engine import setup
+from train.engine import make_batch, setup
+from train.run import config_of
+from train.stages import spo_paper
 
 N_INIT = 2
 PAPER = ["--spo_mode", "paper", "--spo_init_samples", str(N_INIT), "--spo_rho_min", "0.875", "--reasoning", "0",
-         "--answer_reward", "0", "--reward_fn", "tests.train.test_spo_paper:parity_reward", "--batch_size", "2",
+         "--answer_reward", "0", "--reward_fn", f"{Path(__file__)}:parity_reward", "--batch_size", "2",
          "--accumulation_steps", "2", "--max_seq_len", "48", "--max_gen_len", "12", "--learning_rate", "1e-3",
          "--from_weight", "full_sft", "--epochs", "3"]
 N0 = 1 / (1 - 0.875)
@@ -39,9 +42,8 @@ def parity_reward(prompts, responses, answers):
 
 def session_of(out, *flags):
     """A session over `out` as train.run builds it: a fresh state (the prior), or the last checkpoint's."""
-    stage = stages.get("spo")
-    args = parser().parse_args(["--stage", "spo", "--out_dir", str(out), *TINY, *flags])
-    return setup(stage, with_defaults(args, {**stage.defaults, "stage": "spo"}))
+    flags = parser().parse_args(["--stage", "spo_paper", "--out_dir", str(out), *TINY, *flags])
+    return setup(*config_of(flags))
 
 
 def table_of(session):
@@ -54,7 +56,7 @@ def test_paper_mode_runs_logs_and_keeps_unvisited_priors(tmp_path, pretrained, s
     flags = ["--data_path", str(sample_slices["rlaif"]), *PAPER, "--max_steps", "6"]
     fresh = session_of(out, *flags)
     prior = table_of(fresh)
-    first = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:]), fresh.batch(0)[0])   # [A*B, ...]
+    first = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:]), make_batch(fresh, fresh.state, 0)[0])   # [A*B, ...]
     rec = train(out, "spo", *flags)
     table = table_of(session_of(out, *flags, "--from_resume", "1"))
 
@@ -68,10 +70,10 @@ def test_paper_mode_runs_logs_and_keeps_unvisited_priors(tmp_path, pretrained, s
 
     # step 0: the loaded rows (seed, epoch, step) redrawn with replacement by the prior's sqrt(p(1-p)) + 0.05, then
     # advantages against the baseline before the update, normalised over the whole batch, and first visits' rho
-    a = fresh.run.args
-    loaded = step_rows(epoch_permutation(a.seed, 0, N), 0, a.accumulation_steps, a.batch_size).reshape(-1)
+    c = fresh.run.config
+    loaded = step_rows(epoch_permutation(c.seed, 0, N), 0, c.optim.accumulation_steps, c.optim.batch_size).reshape(-1)
     weights = losses.spo_sampling_weights(losses.spo_table_baseline(prior, loaded))
-    pick = losses.spo_resample(spo_paper._key(a.seed, spo_paper.RESAMPLE, 0), weights)
+    pick = losses.spo_resample(rng.draw(c.seed, "spo_resample", 0), weights)
     np.testing.assert_array_equal(first["index"], loaded[np.asarray(pick)])
     p_hat = np.asarray(losses.spo_table_baseline(prior, first["index"]))
     np.testing.assert_allclose(first["advantages"], losses.spo_paper_advantages(first["rewards"], p_hat), atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 
 from minimind_jax.data import DPODataset, PretrainDataset, SFTDataset
 from minimind_jax.tokenizer import Tokenizer
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CASES = ["pretrain", "full_sft", "dpo", "lora", "reason"]
 DATASET = {"pretrain": PretrainDataset, "full_sft": SFTDataset, "dpo": DPODataset, "lora": SFTDataset,

@@ -8,24 +8,21 @@ import jax.numpy as jnp
 
 import losses
 from minimind_jax.data import DPODataset
-from train.stage import Stage, load_or_init
-
-
-def init(run, rng):
-    params = load_or_init(run, rng)
-    return params, {"ref": jax.tree.map(jnp.copy, params)}   # a copy: the policy's buffers are donated each step
+from train.stage import Stage
+from train.stages.common import init_with_reference
 
 
 def make_loss(run):
-    model, beta, average = run.model, run.args.beta, not run.args.dpo_sum_logps
+    model, o = run.model, run.config.objective
 
-    def loss_fn(params, batch, rng, frozen, extra):
+    def loss_fn(params, batch, key, frozen, extra):
         cat = lambda k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])    # [2B, T]
         ids, labels, mask = cat("input_ids"), cat("labels"), cat("loss_mask")
         ref_logps = jax.lax.stop_gradient(losses.token_logprobs(model.apply({"params": frozen["ref"]}, ids).logits, labels))
-        out = model.apply({"params": params}, ids, train=True, rngs={"dropout": rng})
+        out = model.apply({"params": params}, ids, train=True, rngs={"dropout": key})
         logps = losses.token_logprobs(out.logits, labels)                                  # [2B, T]
-        dpo, metrics = losses.dpo_loss(logps, ref_logps, mask, beta, average_log_prob=average, return_metrics=True)
+        dpo, metrics = losses.dpo_loss(logps, ref_logps, mask, o.beta, average_log_prob=not o.dpo_sum_logps,
+                                       return_metrics=True)
         loss = dpo + out.aux_loss
         return loss, {"loss": loss, "dpo_loss": dpo, "aux_loss": out.aux_loss, **metrics}
 
@@ -39,5 +36,5 @@ STAGE = Stage(
     data_file="dpo.jsonl",
     dataset=DPODataset,
     make_loss=make_loss,
-    init=init,
+    init=init_with_reference,
 )

@@ -1,7 +1,7 @@
 """Full supervised fine-tuning on chat data: the pretraining loss on the assistant spans only (the SFT mask)."""
 from minimind_jax.data import SFTDataset
 from train.stage import Stage
-from train.stages.pretrain import lm_loss
+from train.stages.common import lm_loss
 
 STAGE = Stage(
     name="full_sft",

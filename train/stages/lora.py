@@ -6,42 +6,45 @@ the gradient clipping and the checkpoint cover exactly what the reference's LoRA
 from minimind_jax.convert import read_state_dict
 from minimind_jax.data import SFTDataset
 from minimind_jax.lora import apply_lora, init_lora, lora_from_torch, lora_to_torch
-from train.stage import Stage, UsageError, load_or_init
-from train.stages.pretrain import lm_loss
+from train import rng
+from train.errors import UsageError
+from train.stage import Stage
+from train.stages.common import lm_loss
+from train.weights import start_params
 
 
-def init(run, rng):
+def init(run):
     """Adapters drawn from the seed, or `--lora_init PATH` (a safetensors/.pth under the reference's names) so a run
     can start from the very adapters another one (e.g. the reference's) started from."""
-    base = load_or_init(run, rng)
-    path = run.args.lora_init
-    if not path:
-        return init_lora(rng, base, run.cfg, rank=run.args.lora_rank), {"base": base}
+    c = run.config
+    base = start_params(c)
+    if not c.lora.init:
+        return init_lora(rng.stream(c.seed, "adapters"), base, c.model, rank=c.lora.rank), {"base": base}
+    source = f"--lora_init {c.lora.init}"
     try:
-        lora = lora_from_torch(read_state_dict(path), base, run.cfg, source=f"--lora_init {path}",
-                               rank=run.args.lora_rank)
+        lora = lora_from_torch(read_state_dict(c.lora.init), base, c.model, source=source, rank=c.lora.rank)
     except (OSError, ValueError, ImportError) as e:
-        raise UsageError(str(e) if str(e).startswith("--lora_init") else f"--lora_init {path}: {e}") from None
+        raise UsageError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
     return lora, {"base": base}
 
 
 def make_loss(run):
     lm = lm_loss(run)
 
-    def loss_fn(lora, batch, rng, frozen, extra):
-        return lm(apply_lora(frozen["base"], lora), batch, rng, None, extra)
+    def loss_fn(lora, batch, key, frozen, extra):
+        return lm(apply_lora(frozen["base"], lora), batch, key, None, extra)
 
     return loss_fn
 
 
 def export(run, lora, frozen):
-    return lora_to_torch(lora, run.cfg)
+    return lora_to_torch(lora, run.config.model)
 
 
 STAGE = Stage(
     name="lora",
     defaults=dict(learning_rate=1e-4, batch_size=32, accumulation_steps=1, max_seq_len=340, epochs=50,
-                  from_weight="full_sft", save_weight=lambda args: args.lora_name),
+                  from_weight="full_sft", save_weight=lambda flags: flags.lora_name),
     data_file="lora_identity.jsonl",
     dataset=SFTDataset,
     make_loss=make_loss,

@@ -1,21 +1,7 @@
 """Pretraining: next-token cross-entropy on raw text, `sum(CE * mask) / sum(mask) + aux`."""
-import losses
 from minimind_jax.data import PretrainDataset
 from train.stage import Stage
-
-
-def lm_loss(run):
-    """The causal-LM objective shared by pretrain, full_sft and lora."""
-    model = run.model
-
-    def loss_fn(params, batch, rng, frozen, extra):
-        out = model.apply({"params": params}, batch["input_ids"], train=True, rngs={"dropout": rng})  # logits [B, T, V]
-        ce = losses.masked_ce(out.logits, batch["labels"], batch["loss_mask"])
-        loss = ce + out.aux_loss
-        return loss, {"loss": loss, "ce": ce, "aux_loss": out.aux_loss}
-
-    return loss_fn
-
+from train.stages.common import lm_loss
 
 STAGE = Stage(
     name="pretrain",

@@ -1,27 +1,22 @@
 """Reasoning distillation: SFT on <think>/<answer> responses with the tag tokens' loss weighted 10x.
 
 The weight goes to every target whose id is one the four tags tokenize to, normalised by the original mask sum
-(reference). With this project's tokenizer each tag is a single token, so only the tags themselves are weighted;
-with the reference BPE (tags split into `<`, `think`, `>`, ...) the reference's wider weighting is reproduced.
+(the reference's rule). With this project's tokenizer each tag is a single token, so only the tags themselves are
+weighted; with the reference BPE (tags split into `<`, `think`, `>`, ...) the reference's wider weighting follows.
 """
+from functools import partial
+
 import jax.numpy as jnp
 
 import losses
 from minimind_jax.data import SFTDataset
 from train.stage import Stage
+from train.stages.common import lm_loss
 
 
 def make_loss(run):
-    model = run.model
-    special_ids = tuple(run.tokenizer.reasoning_tag_ids())
-
-    def loss_fn(params, batch, rng, frozen, extra):
-        out = model.apply({"params": params}, batch["input_ids"], train=True, rngs={"dropout": rng})
-        ce = losses.reason_ce(out.logits, batch["labels"], batch["loss_mask"], jnp.asarray(special_ids), weight=10.0)
-        loss = ce + out.aux_loss
-        return loss, {"loss": loss, "ce": ce, "aux_loss": out.aux_loss}
-
-    return loss_fn
+    special_ids = jnp.asarray(run.tokenizer.reasoning_tag_ids())
+    return lm_loss(run, partial(losses.reason_ce, special_ids=special_ids, weight=10.0))
 
 
 STAGE = Stage(

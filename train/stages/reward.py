@@ -5,7 +5,6 @@ Every tenth pair is held out; after training, the pairwise accuracy on them goes
 are the backbone under the reference's names plus `score_head.weight` / `score_head.bias`; RL stages load them
 with `--reward_model reward`.
 """
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +14,12 @@ from safetensors.numpy import load_file
 import losses
 from minimind_jax import MiniMindConfig, MiniMindRewardModel
 from minimind_jax.convert import params_from_torch, params_to_torch
-from minimind_jax.data import SAMPLE_DIR, DPODataset
+from minimind_jax.data import DPODataset
 from minimind_jax.heads import init_head_params
+from train import rng
 from train.batches import Rows, held_out_split
-from train.stage import Stage, load_or_init
+from train.stage import Stage
+from train.weights import start_params
 
 HEAD = "score_head"
 
@@ -28,8 +29,9 @@ def dataset(path, tokenizer, max_seq_len, **kwargs):
     return Rows(full, held_out_split(len(full))[0])
 
 
-def init(run, rng):
-    return init_head_params(load_or_init(run, rng), MiniMindRewardModel(run.cfg), rng), {}
+def init(run):
+    c = run.config
+    return init_head_params(start_params(c), MiniMindRewardModel(c.model), rng.stream(c.seed, "heads")), {}
 
 
 def pair_scores(model, params, batch):
@@ -41,9 +43,9 @@ def pair_scores(model, params, batch):
 
 
 def make_loss(run):
-    model = MiniMindRewardModel(run.cfg, policy=run.model.policy)
+    model = MiniMindRewardModel(run.config.model, policy=run.model.policy)
 
-    def loss_fn(params, batch, rng, frozen, extra):
+    def loss_fn(params, batch, key, frozen, extra):
         chosen, rejected = pair_scores(model, params, batch)
         loss, metrics = losses.bradley_terry_loss(chosen, rejected)
         return loss, {"loss": loss, **metrics}
@@ -53,16 +55,17 @@ def make_loss(run):
 
 def evaluate(run, state, frozen) -> dict:
     """Pairwise accuracy and mean margin on the held-out pairs."""
-    a = run.args
-    full = DPODataset(Path(a.data_path) if a.data_path else SAMPLE_DIR / STAGE.data_file, run.tokenizer,
-                      a.max_seq_len, skip_bad_lines=a.skip_bad_lines, cache_dir=a.cache_dir)
+    d = run.config.data
+    full = DPODataset(run.data_path, run.tokenizer, d.max_seq_len, skip_bad_lines=d.skip_bad_lines,
+                      cache_dir=d.cache_dir)
     held = held_out_split(len(full))[1]
-    model = MiniMindRewardModel(run.cfg, policy=run.model.policy)
+    model = MiniMindRewardModel(run.config.model, policy=run.model.policy)
     scores = jax.jit(lambda p, b: pair_scores(model, p, b))
     params = jax.device_get(state.params)
     margins = []
-    for i in range(0, len(held), a.batch_size):
-        chosen, rejected = scores(params, full.batch(held[i:i + a.batch_size]))
+    B = run.config.optim.batch_size
+    for i in range(0, len(held), B):
+        chosen, rejected = scores(params, full.batch(held[i:i + B]))
         margins.append(np.asarray(chosen - rejected))
     margins = np.concatenate(margins) if margins else np.zeros(0)
     return {"heldout_pairs": float(len(margins)), "heldout_accuracy": float(np.mean(margins > 0)),
@@ -71,7 +74,7 @@ def evaluate(run, state, frozen) -> dict:
 
 def export(run, params, frozen) -> dict:
     head = params[HEAD]
-    return {**params_to_torch({"model": params["model"]}, run.cfg),
+    return {**params_to_torch({"model": params["model"]}, run.config.model),
             f"{HEAD}.weight": np.asarray(head["kernel"]).T, f"{HEAD}.bias": np.asarray(head["bias"])}
 
 

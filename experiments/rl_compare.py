@@ -1,5 +1,5 @@
-"""python -m bench.rl --compare: GRPO (8 generations), SPO as the reference has it and SPO as its paper defines it,
-from the same starting model, on the embedded verifiable prompts, for the same number of generated tokens (issue 6).
+"""python -m experiments.rl_compare: GRPO (8 generations), SPO as the reference has it and SPO as its paper defines it,
+from the same starting model, on the embedded verifiable prompts, for the same number of generated tokens.
 
 Every method decodes 16 completions per step (GRPO: 2 prompts x 8; SPO: 16 prompts x 1) of at most --gen tokens,
 with the exact-answer reward (1 if the last number of the response is the answer, else 0), and runs until it has
@@ -19,10 +19,8 @@ none). At that budget the tiny model's gains are within noise (compare them with
 run time grows in proportion) for longer curves.
 """
 import argparse
-import dataclasses
 import itertools
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import jax
@@ -31,17 +29,18 @@ import numpy as np
 from bench.common import environment, peak_rss_mb, print_table, write_json
 from losses.rewards import answer_reward
 from minimind_jax.data import SAMPLE_DIR, RLAIFDataset
-from train import rollout, stages
-from train.args import parser, with_defaults
-from train.engine import setup
+from train.args import parser
+from train.engine import train
 from train.pipeline import TINY
+from train.rollout import decode, sample
+from train.run import config_of
 from train.run import main as train_main
 
 ROWS_PER_STEP = 16
 METHODS = {  # name -> (stage, flags): every one decodes ROWS_PER_STEP completions per step
     "grpo": ("grpo", ["--batch_size", str(ROWS_PER_STEP // 8), "--num_generations", "8"]),
-    "spo_minimind": ("spo", ["--batch_size", str(ROWS_PER_STEP), "--spo_mode", "minimind"]),
-    "spo_paper": ("spo", ["--batch_size", str(ROWS_PER_STEP), "--spo_mode", "paper"]),
+    "spo_minimind": ("spo", ["--batch_size", str(ROWS_PER_STEP)]),
+    "spo_paper": ("spo_paper", ["--batch_size", str(ROWS_PER_STEP)]),
 }
 
 
@@ -75,55 +74,62 @@ def split_prompts(work: Path, n_train: int, n_eval: int, keep=lambda line: True)
 def greedy_accuracy(session, eval_rows: dict) -> float:
     """Mean exact-answer reward of greedy completions of the held-out prompts under the current params."""
     run = session.run
-    greedy = dataclasses.replace(run, args=Namespace(**{**vars(run.args), "rollout_temperature": 0.0}))
-    sequences, mask = rollout.sample(greedy, session.state.params, eval_rows["prompt_ids"], eval_rows["prompt_mask"],
-                                     jax.random.PRNGKey(0))
-    responses = rollout.decode(run.tokenizer, sequences, mask, eval_rows["prompt_ids"].shape[1])
+    sequences, mask = sample(run, session.state.params, eval_rows["prompt_ids"], eval_rows["prompt_mask"],
+                             jax.random.PRNGKey(0), temperature=0.0)
+    responses = decode(run.tokenizer, sequences, mask, eval_rows["prompt_ids"].shape[1])
     return float(answer_reward(responses, eval_rows["answers"]).mean())
+
+
+class Budget:
+    """The engine's step callback: stop once the method has generated `budget` completion tokens, recording the
+    training reward per step and the held-out greedy accuracy every budget / evals tokens."""
+
+    def __init__(self, a, eval_path: Path):
+        self.budget, self.every, self.eval_path, self.max_seq_len = a.budget, a.budget / a.evals, eval_path, 64
+        self.curve, self.evals, self.tokens, self.eval_set = [], [], 0, None
+
+    def __call__(self, session, step: int, record: dict) -> bool:
+        if self.eval_set is None:                        # before the first step: the starting model
+            held_out = RLAIFDataset(self.eval_path, session.run.tokenizer, self.max_seq_len)
+            self.eval_set = held_out.batch(np.arange(len(held_out)))
+            self.tokens = int(session.state.extra.get("init_tokens", 0))   # SPO-paper's offline priors count too
+            self.evals.append((self.tokens, greedy_accuracy(session, self.eval_set)))
+            self.next_eval = self.every
+            return False
+        self.tokens += record["completion_tokens"]
+        self.curve.append({"step": step, "tokens": self.tokens, "reward": record["reward"],
+                           **{k: record[k] for k in ("baseline", "rho") if k in record}, "loss": record["loss"],
+                           **{k: record[k] for k in ("rollout_s", "reward_s", "logps_s", "update_s")}})
+        done = self.tokens >= self.budget
+        if self.tokens >= self.next_eval or done:
+            self.evals.append((self.tokens, greedy_accuracy(session, self.eval_set)))
+            self.next_eval += self.every
+        return done
 
 
 def run_method(name: str, a, weights: Path, train_path: Path, eval_path: Path) -> dict:
     stage_name, flags = METHODS[name]
-    stage = stages.get(stage_name)
-    args = parser().parse_args([
-        "--stage", stage_name, "--preset", "tiny", "--dtype", "float32", "--from_weight", str(weights),
-        "--data_path", str(train_path), "--out_dir", str(a.work / name), "--max_seq_len", "64",
-        "--max_gen_len", str(a.gen), "--learning_rate", str(a.lr), "--accumulation_steps", "1", "--epochs", "1000",
-        "--reasoning", "0", "--answer_reward", "1", "--seed", str(a.seed), *flags,
-        *(["--spo_init_samples", str(a.init_samples)] if name == "spo_paper" else [])])
+    argv = ["--stage", stage_name, "--preset", "tiny", "--dtype", "float32", "--from_weight", str(weights),
+            "--data_path", str(train_path), "--out_dir", str(a.work / name), "--max_seq_len", "64",
+            "--max_gen_len", str(a.gen), "--learning_rate", str(a.lr), "--accumulation_steps", "1",
+            "--epochs", "1000", "--reasoning", "0", "--answer_reward", "1", "--seed", str(a.seed),
+            "--log_interval", "1000000", "--save_interval", "1000000", *flags,
+            *(["--spo_init_samples", str(a.init_samples)] if name == "spo_paper" else [])]
     t0 = time.perf_counter()
-    s = setup(stage, with_defaults(args, stage.defaults))
-    tokens = s.run.cache.get("spo_init_tokens", 0)      # SPO-paper's offline priors are paid from the same budget
-    held_out = RLAIFDataset(eval_path, s.run.tokenizer, args.max_seq_len)
-    eval_set = held_out.batch(np.arange(len(held_out)))
-    curve, evals, step = [], [(tokens, greedy_accuracy(s, eval_set))], 0
-    next_eval = a.budget / a.evals
-    while tokens < a.budget:
-        batch, info = s.batch(step)                       # rollout, reward and log-probs
-        t_update = time.perf_counter()
-        s.state, metrics = s.step_fn(s.state, batch, s.frozen)
-        loss = float(jax.device_get(metrics["loss"]))
-        t_update = time.perf_counter() - t_update
-        tokens += int(np.asarray(batch["completion_mask"]).sum())
-        step += 1
-        curve.append({"step": step, "tokens": tokens, "reward": info["reward"],
-                      **{k: info[k] for k in ("baseline", "rho") if k in info}, "loss": loss,
-                      "rollout_s": info["rollout_s"], "reward_s": info["reward_s"], "logps_s": info["logps_s"],
-                      "update_s": t_update})
-        if tokens >= next_eval or tokens >= a.budget:
-            evals.append((tokens, greedy_accuracy(s, eval_set)))
-            next_eval += a.budget / a.evals
+    budget = Budget(a, eval_path)
+    s = train(*config_of(parser().parse_args(argv)), callback=budget)
     seconds = time.perf_counter() - t0
+    curve, evals, tokens = budget.curve, budget.evals, budget.tokens
     rewards = np.array([c["reward"] for c in curve])
     tenth = max(1, len(rewards) // 10)
     train_gain = float(rewards[-tenth:].mean() - rewards[:tenth].mean())
     eval_gain = evals[-1][1] - evals[0][1]
     per_unit = lambda gain: tokens / gain if gain > 0 else float("inf")
-    summary = {"method": name, "steps": step, "tokens": tokens, "init_tokens": s.run.cache.get("spo_init_tokens", 0),
-               "seconds": seconds,
+    summary = {"method": name, "steps": len(curve), "tokens": tokens,
+               "init_tokens": int(s.state.extra.get("init_tokens", 0)), "seconds": seconds,
                "reward_first": float(rewards[:tenth].mean()), "reward_last": float(rewards[-tenth:].mean()),
                "eval_first": evals[0][1], "eval_last": evals[-1][1], "eval_best": max(e for _, e in evals),
-               "eval_se": float(np.sqrt(evals[-1][1] * (1 - evals[-1][1]) / len(eval_set["answers"]))),
+               "eval_se": float(np.sqrt(evals[-1][1] * (1 - evals[-1][1]) / len(budget.eval_set["answers"]))),
                "tokens_per_eval_gain": per_unit(eval_gain), "tokens_per_reward_gain": per_unit(train_gain),
                **{k: float(np.mean([c[k] for c in curve[1:] or curve]))          # per step, after the compiling one
                   for k in ("rollout_s", "reward_s", "logps_s", "update_s")}}
@@ -191,8 +197,8 @@ def main(argv=None):
                         "tokens counted in its budget; 0: Jeffreys priors")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--work", type=Path, default=Path("/tmp/minimind_bench_rl_compare"))
-    p.add_argument("--out", default="bench/results/rl_compare.json")
-    p.add_argument("--png", default="bench/results/rl_compare.png")
+    p.add_argument("--out", default="experiments/results/rl_compare.json")
+    p.add_argument("--png", default="experiments/results/rl_compare.png")
     a = p.parse_args(argv)
     weights = starting_model(a.start, a.work / "base")
     train_path, eval_path = split_prompts(a.work, a.prompts, a.eval)

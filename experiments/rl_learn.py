@@ -1,4 +1,4 @@
-"""python -m bench.rl --learn: proof that the RL stages learn (issue 8).
+"""python -m experiments.rl_learn: proof that the RL stages learn.
 
 From the tiny model that `python -m train.run --stage all --preset tiny` trains (out/full_sft_64; trained here
 first when absent), GRPO (8 generations) and SPO run with the exact-answer reward alone on the embedded verifiable
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import rl_compare
+from experiments import rl_compare
 from bench.common import environment, peak_rss_mb, print_table, write_json
 
 
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--methods", default="grpo,spo_minimind")
     p.add_argument("--work", type=Path, default=Path("/tmp/minimind_bench_rl_learn"))
-    p.add_argument("--out", default="bench/results/rl_learn.json")
+    p.add_argument("--out", default="experiments/results/rl_learn.json")
     return p
 
 

@@ -1,4 +1,5 @@
-"""`--stage spo --spo_mode paper`: SPO as its paper defines it (arXiv 2509.13232), the trainer's side (issue 6).
+"""`--stage spo --spo_mode paper` (or `--stage spo_paper`): SPO as its paper defines it ("Single-stream Policy
+Optimization", arXiv 2509.13232), the trainer's side.
 
 The math is in losses/spo_paper.py; this module moves arrays between it, the sampler and the jitted step. The
 state is one Beta tracker per prompt of the data set, `extra['table']` (an `SPOTable` keyed by the row index), so it
@@ -11,12 +12,12 @@ is donated to the step, checkpointed by Orbax and restored exactly like the para
     A = whiten(r - p_hat) over the whole batch; loss = PPO-clip per token (no KL term: the paper's update)
     in the jitted step: alpha <- rho alpha + r, beta <- rho beta + (1 - r), the completion stored (jitted scatter)
 
-The reference's SPO (one global tracker) stays the default, `--spo_mode minimind` (train/stages/spo.py).
+The reference's SPO (one global tracker) stays `--stage spo` (train/stages/spo.py).
 """
 import sys
 import time
+import warnings
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,30 +26,14 @@ from tqdm import tqdm
 
 import losses
 from losses.spo_paper import RHO_MAX
-from minimind_jax.data import SAMPLE_DIR, RLAIFDataset
-from train import rollout
-from train.rewards import score
-from train.rl import rollout_batch
-from train.rollout import completion_logps, policy_logps
+from minimind_jax.data import RLAIFDataset
+from train import rng
+from train.rollout import attention_mask, completion_logps, decode, rollout_batch, sample
+from train.stage import Stage, rl_schedule
+from train.stages.common import init_with_reference, policy_gradient_loss
+from train.stages.spo import STAGE as SPO
 
-RESAMPLE, INIT = 1, 2     # RNG streams of this module, folded into the seed (the sampler's own is seed + 1)
 INIT_ROWS = 64            # completions sampled together by the offline init: one compiled shape, a bounded KV cache
-
-
-def _key(seed: int, stream: int, i: int) -> jax.Array:
-    """A key that depends only on (seed, stream, i): a resumed run draws what an unbroken one drew."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), stream), i)
-
-
-def dataset(run) -> RLAIFDataset:
-    """The prompts the engine trains on (the table's rows are their indices), opened once per run from the token
-    cache. The engine opens the same file; it could hand it over in run.cache['dataset'] and save the second open."""
-    if "dataset" not in run.cache:
-        a = run.args
-        path = Path(a.data_path) if a.data_path else SAMPLE_DIR / "rlaif.jsonl"
-        run.cache["dataset"] = RLAIFDataset(path, run.tokenizer, a.max_seq_len, skip_bad_lines=a.skip_bad_lines,
-                                            cache_dir=a.cache_dir)
-    return run.cache["dataset"]
 
 
 # ---- the table's initial state ------------------------------------------------------------------------------------
@@ -60,7 +45,7 @@ def offline_successes(run, params, ds, n: int) -> tuple[np.ndarray, int]:
     shape, so one compile). The tiny model on 2 CPU cores samples ~4,350 prompts x 4 completions x 16 new tokens in
     about a minute; for the 26M model budget N * n * max_gen_len decoded tokens at the sampler's rate (bench.rl).
     """
-    a, N = run.args, len(ds)
+    seed, N = run.config.seed, len(ds)
     per_call = max(1, INIT_ROWS // n)                                     # prompts per sampler call
     successes, tokens = np.zeros(N, np.float32), 0
     starts = range(0, N, per_call)
@@ -71,10 +56,10 @@ def offline_successes(run, params, ds, n: int) -> tuple[np.ndarray, int]:
         kept = min(per_call, N - start)
         b = ds.batch(rows)
         ids, mask = np.repeat(b["prompt_ids"], n, axis=0), np.repeat(b["prompt_mask"], n, axis=0)   # [per_call*n, P]
-        sequences, completion_mask = rollout.sample(run, params, ids, mask, _key(a.seed, INIT, k))
-        responses = rollout.decode(run.tokenizer, sequences, completion_mask, ids.shape[1])
+        sequences, completion_mask = sample(run, params, ids, mask, rng.draw(seed, "spo_init", k))
+        responses = decode(run.tokenizer, sequences, completion_mask, ids.shape[1])
         repeat = lambda xs: [x for x in xs for _ in range(n)]
-        rewards, _ = score(run, repeat(b["prompts"]), responses, repeat(b["answers"]))
+        rewards, _ = run.score(repeat(b["prompts"]), responses, repeat(b["answers"]))
         successes[rows[:kept]] = np.clip(rewards, 0.0, 1.0).reshape(per_call, n).sum(axis=1)[:kept]
         tokens += int(np.asarray(completion_mask)[:kept * n].sum())
     return successes, tokens
@@ -83,22 +68,22 @@ def offline_successes(run, params, ds, n: int) -> tuple[np.ndarray, int]:
 def _resuming(run) -> bool:
     """A checkpoint will replace the table, so the offline samples would be thrown away."""
     ckpt = run.run_dir / "checkpoints"
-    return bool(run.args.from_resume) and ckpt.is_dir() and any(ckpt.iterdir())
+    return run.config.checkpoint.from_resume and ckpt.is_dir() and any(ckpt.iterdir())
 
 
-def init_extra(run, params, frozen) -> dict:
-    """{'table': SPOTable} over every prompt of the data set: Jeffreys priors, or priors from --spo_init_samples."""
-    a, ds = run.args, dataset(run)
-    N, n = len(ds), a.spo_init_samples
+def init_extra(run, params, frozen, ds) -> dict:
+    """{'table': SPOTable} over every prompt of the data set `ds` (the one the engine trains on): Jeffreys priors, or
+    priors from --spo_init_samples; `init_tokens`, what those offline samples generated (0 for Jeffreys priors)."""
+    sp, R = run.config.spo_paper, run.config.rollout.max_gen_len
+    N, n = len(ds), sp.init_samples
     if n <= 0 or _resuming(run):
-        return {"table": losses.spo_table_init(N, a.max_gen_len, rho_min=a.spo_rho_min)}
+        return {"table": losses.spo_table_init(N, R, rho_min=sp.rho_min), "init_tokens": np.int32(0)}
     t0 = time.perf_counter()
     successes, tokens = offline_successes(run, params, ds, n)
-    run.cache["spo_init_tokens"] = tokens
     if jax.process_index() == 0:
         print(f"spo init: {n} samples x {N} prompts, {tokens:,} tokens in {time.perf_counter() - t0:.0f} s; "
               f"mean success rate {successes.mean() / n:.3f}")
-    return {"table": losses.spo_table_init(N, a.max_gen_len, successes, n, rho_min=a.spo_rho_min)}
+    return {"table": losses.spo_table_init(N, R, successes, n, rho_min=sp.rho_min), "init_tokens": np.int32(tokens)}
 
 
 # ---- before the step: resample, roll out, rescore, advantages -----------------------------------------------------
@@ -116,7 +101,7 @@ def _drift(model, params, table, index, prompt_ids, prompt_mask, *, rho_min):
     sampled, scored by the current policy and compared with the log-probs stored then."""
     stored, stored_mask, _ = losses.spo_table_stored(table, index)                   # [n, R]
     sequences = jnp.concatenate([prompt_ids, stored], axis=1)                         # [n, P + R]
-    attention = rollout.attention_mask(prompt_mask, stored_mask)
+    attention = attention_mask(prompt_mask, stored_mask)
     new_logps = completion_logps(model, params, sequences, attention, stored_mask)    # [n, R]
     return losses.spo_table_rho(table, index, new_logps, rho_min=rho_min)
 
@@ -127,30 +112,31 @@ def _take(arrays: dict, host: dict, pick: np.ndarray) -> tuple[dict, dict]:
     return {k: take(v) for k, v in arrays.items()}, {k: [v[i] for i in pick] for k, v in host.items()}
 
 
-def _check_rewards(run, rewards: np.ndarray) -> None:
-    if (rewards.min() < 0 or rewards.max() > 1) and not run.cache.get("spo_reward_warned"):
-        run.cache["spo_reward_warned"] = True
-        print(f"--spo_mode paper: rewards in [{rewards.min():.3g}, {rewards.max():.3g}] are clipped to [0, 1] for the "
-              f"Beta trackers; the paper's reward is binary (e.g. --reasoning 0 --answer_reward 1)")
+def _check_rewards(rewards: np.ndarray) -> None:
+    """Warn (once: the warnings module's default) that rewards outside [0, 1] are clipped for the trackers."""
+    if rewards.min() < 0 or rewards.max() > 1:
+        warnings.warn(f"--spo_mode paper: rewards in [{rewards.min():.3g}, {rewards.max():.3g}] are clipped to "
+                      f"[0, 1] for the Beta trackers; the paper's reward is binary (e.g. --reasoning 0 "
+                      f"--answer_reward 1)", stacklevel=2)
 
 
 def prepare(run, state, frozen, arrays, host, step):
     """(device batch, host info) of one step; the batch carries what the jitted table update needs (rho)."""
-    a, table = run.args, state.extra["table"]
+    table = state.extra["table"]
     A, B = arrays["index"].shape
-    pick, weights = _prioritised(table, arrays["index"].reshape(-1), _key(a.seed, RESAMPLE, step))
+    pick, weights = _prioritised(table, arrays["index"].reshape(-1), rng.draw(run.config.seed, "spo_resample", step))
     arrays, host = _take(arrays, host, np.asarray(pick))
     index = arrays["index"].reshape(-1)                                               # [A*B] data-set rows
 
     batch, info = rollout_batch(run, state.params, frozen, arrays, host, step, old_params=state.params)
     rewards = np.asarray(batch["rewards"]).reshape(-1)
-    _check_rewards(run, rewards)
+    _check_rewards(rewards)
     p_hat = losses.spo_table_baseline(table, index)                                   # [A*B], before the update
     revisit = np.asarray(table.visits)[index] > 0
     if revisit.any():
         P = arrays["prompt_ids"].shape[-1]
         rho, D = _drift(run.model, state.params, table, index, arrays["prompt_ids"].reshape(A * B, P),
-                        arrays["prompt_mask"].reshape(A * B, P), rho_min=a.spo_rho_min)
+                        arrays["prompt_mask"].reshape(A * B, P), rho_min=run.config.spo_paper.rho_min)
     else:                                                                             # nothing stored to rescore
         rho, D = np.full(A * B, RHO_MAX, np.float32), np.zeros(A * B, np.float32)
     advantages = losses.spo_paper_advantages(np.clip(rewards, 0.0, 1.0), p_hat)      # whole batch
@@ -161,25 +147,22 @@ def prepare(run, state, frozen, arrays, host, step):
                 drift=float(D[revisit].mean()) if revisit.any() else 0.0, revisit_frac=float(revisit.mean()),
                 sample_unique=len(np.unique(index)) / len(index),
                 sample_weight_ratio=float(weights.max() / weights.min()))
-    return batch, info
+    return batch, info, None
 
 
 # ---- the loss and the table update, inside the jitted step --------------------------------------------------------
 
 def make_loss(run):
-    model, a = run.model, run.args
+    o = run.config.objective
 
-    def loss_fn(params, batch, rng, frozen, extra):
-        logps, aux = policy_logps(model, params, batch, rng)                             # [N, R]
+    def objective(logps, batch):
         mask = batch["completion_mask"]
         pg, metrics = losses.spo_paper_loss(logps, batch["old_logps"], batch["advantages"], mask,
-                                            clip_eps=a.clip_epsilon, return_metrics=True)
+                                            clip_eps=o.clip_epsilon, return_metrics=True)
         kl = losses.masked_mean(losses.kl_estimate(jax.lax.stop_gradient(logps), batch["ref_logps"],
-                                                   a.kl_estimator), mask)              # logged, not optimised
-        loss = pg + aux
-        return loss, {"loss": loss, "policy_loss": pg, "aux_loss": aux, "kl": kl, **metrics}
-
-    return loss_fn
+                                                   o.kl_estimator), mask)              # logged, not optimised
+        return pg, {"kl": kl, **metrics}
+    return policy_gradient_loss(run, objective)
 
 
 def update_extra(run):
@@ -192,3 +175,18 @@ def update_extra(run):
                                         flat(batch["old_logps"]), flat(batch["completion_mask"]))
         return {**extra, "table": table}
     return update
+
+
+STAGE = Stage(
+    name="spo_paper",
+    defaults=SPO.defaults,
+    data_file=SPO.data_file,
+    dataset=RLAIFDataset,
+    make_loss=make_loss,
+    init=init_with_reference,
+    init_extra=init_extra,
+    schedule=rl_schedule,
+    prepare=prepare,
+    update_extra=update_extra,
+    single_process="its per-prompt table is not split across hosts yet; use --spo_mode minimind or one process",
+)

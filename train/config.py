@@ -1,0 +1,267 @@
+"""The run's configuration: frozen, typed, validated once, then passed down.
+
+`TrainConfig.from_flags(namespace)` is the one place where flags become configuration; the CLI (train.run) and
+Python callers build the same object, and every stage, the engine and the rollouts read only typed fields. Each
+check names the flag to fix, so a bad value stops the run before any data is tokenized or anything compiled.
+"""
+import dataclasses
+import math
+from argparse import Namespace
+from pathlib import Path
+
+from minimind_jax import MiniMindConfig
+from train.errors import UsageError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _positive(flag: str, value, kind=int) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) or not value > 0 or (
+            kind is float and not math.isfinite(value)):
+        raise UsageError(f"--{flag} {value}: must be a positive {'integer' if kind is int else 'finite number'}")
+
+
+def _non_negative(flag: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"--{flag} {value}: must be a finite number >= 0")
+
+
+def _fraction(flag: str, value: float, low_open=False) -> None:
+    if not (math.isfinite(value) and (0 < value if low_open else 0 <= value) and value <= 1):
+        raise UsageError(f"--{flag} {value}: must be in {'(0' if low_open else '[0'}, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    path: Path | None               # None: the stage's file in the embedded sample
+    tokenizer: str | None           # None: the embedded tokenizer
+    max_seq_len: int                # RL stages: the prompt length
+    skip_bad_lines: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.max_seq_len is None or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
+            raise UsageError(f"--max_seq_len {self.max_seq_len}: must be an integer >= 2")
+        if self.path is not None:
+            if self.path.is_dir():
+                raise UsageError(f"--data_path {self.path}: is a directory; pass a .jsonl file")
+            if not self.path.exists():
+                raise UsageError(f"--data_path {self.path}: no such file")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    epochs: int
+    batch_size: int                 # global: all devices and hosts together
+    accumulation_steps: int
+    learning_rate: float
+    grad_clip: float = 1.0
+    max_steps: int | None = None    # stop after this many optimizer steps (the schedule still spans `epochs`)
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        _positive("accumulation_steps", self.accumulation_steps)
+        _non_negative("learning_rate", float(self.learning_rate))       # 0: a frozen policy (evaluation runs)
+        _non_negative("grad_clip", self.grad_clip)
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps)
+        if self.dtype not in DTYPES:
+            raise UsageError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
+
+    @property
+    def global_batch(self) -> int:
+        """Rows per optimizer step."""
+        return self.accumulation_steps * self.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    max_gen_len: int | None = None  # new tokens per completion (RL stages)
+    num_generations: int = 8        # GRPO: completions per prompt
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    dtype: str = "float32"          # weights while sampling
+
+    def __post_init__(self):
+        if self.max_gen_len is not None:
+            _positive("max_gen_len", self.max_gen_len)
+        _positive("num_generations", self.num_generations)
+        _non_negative("rollout_temperature", self.temperature)
+        _fraction("rollout_top_p", self.top_p, low_open=True)
+        if self.top_k < 0:
+            raise UsageError(f"--rollout_top_k {self.top_k}: must be >= 0 (0: no top-k)")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UsageError(f"--rollout_dtype {self.dtype}: expected float32 or bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    reasoning: bool = True          # the <think>/<answer> format and tag reward
+    answer_weight: float = 1.0      # exact-answer reward on rows with an answer
+    reward_model: str | None = None # NAME or path of a reward model (train it with --stage reward)
+    reward_fn: str | None = None    # module:function(prompts, responses, answers) -> float[B], added
+
+    def __post_init__(self):
+        _non_negative("answer_reward", self.answer_weight)
+        if self.reward_fn is not None and ":" not in self.reward_fn:
+            raise UsageError(f"--reward_fn {self.reward_fn}: expected module:function")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    out_dir: Path
+    save_weight: str                # the run directory is <out_dir>/<save_weight>_<hidden>[_moe]
+    from_weight: str | None         # NAME, a path, or None/'none' for a random init
+    from_resume: bool = False
+    save_interval: int = 100
+    log_interval: int = 10
+    use_wandb: bool = False
+
+    def __post_init__(self):
+        _positive("save_interval", self.save_interval)
+        _positive("log_interval", self.log_interval)
+        if not self.save_weight or "/" in self.save_weight:
+            raise UsageError(f"--save_weight {self.save_weight!r}: must be a plain name (no '/')")
+
+    @property
+    def fresh_init(self) -> bool:
+        return self.from_weight in (None, "", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    spec: str | None = None         # e.g. 'data=2,fsdp=4'; None: every device on data
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    name: str = "lora_identity"
+    rank: int = 8
+    init: str | None = None         # adapters to start from, instead of drawing them
+
+    def __post_init__(self):
+        _positive("lora_rank", self.rank)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    alpha: float = 0.5              # weight of CE; (1 - alpha) weighs the KL
+    temperature: float = 1.5
+    from_student_weight: str | None = None
+    from_teacher_weight: str | None = None
+    teacher_hidden_size: int | None = None
+    teacher_num_layers: int | None = None
+
+    def __post_init__(self):
+        _fraction("alpha", self.alpha)
+        _positive("temperature", float(self.temperature), float)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """The preference and RL objectives' coefficients."""
+    beta: float | None = None       # DPO's beta; GRPO/SPO's KL weight
+    dpo_sum_logps: bool = False
+    clip_epsilon: float = 0.1
+    vf_coef: float = 0.5
+    kl_coef: float = 0.02
+    critic_learning_rate: float = 8e-8
+    update_old_actor_freq: int = 4
+    kl_estimator: str = "k3"
+
+    def __post_init__(self):
+        if self.beta is not None:
+            _non_negative("beta", self.beta)
+        _non_negative("clip_epsilon", self.clip_epsilon)
+        _non_negative("vf_coef", self.vf_coef)
+        _non_negative("kl_coef", self.kl_coef)
+        _positive("critic_learning_rate", float(self.critic_learning_rate), float)
+        _positive("update_old_actor_freq", self.update_old_actor_freq)
+
+
+@dataclasses.dataclass(frozen=True)
+class SPOPaperConfig:
+    init_samples: int = 0           # completions per prompt sampled before training to set each prior
+    rho_min: float = 0.875          # lower clip of the forgetting rate; the prior weighs 1 / (1 - rho_min)
+
+    def __post_init__(self):
+        if self.init_samples < 0:
+            raise UsageError(f"--spo_init_samples {self.init_samples}: must be >= 0")
+        if not 0 < self.rho_min < 1:
+            raise UsageError(f"--spo_rho_min {self.rho_min}: must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    stage: str
+    seed: int
+    model: MiniMindConfig
+    data: DataConfig
+    optim: OptimConfig
+    checkpoint: CheckpointConfig
+    mesh: MeshConfig = MeshConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    lora: LoraConfig = LoraConfig()
+    distill: DistillConfig = DistillConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    spo_paper: SPOPaperConfig = SPOPaperConfig()
+
+    @classmethod
+    def from_flags(cls, a: Namespace) -> "TrainConfig":
+        """The typed configuration of a namespace whose stage defaults are already filled in (train.args)."""
+        return cls(
+            stage=a.stage, seed=a.seed, model=model_config(a),
+            data=DataConfig(path=Path(a.data_path) if a.data_path else None, tokenizer=a.tokenizer,
+                            max_seq_len=a.max_seq_len, skip_bad_lines=a.skip_bad_lines, cache_dir=a.cache_dir),
+            optim=OptimConfig(epochs=a.epochs, batch_size=a.batch_size, accumulation_steps=a.accumulation_steps,
+                              learning_rate=a.learning_rate, grad_clip=a.grad_clip, max_steps=a.max_steps,
+                              dtype=a.dtype),
+            checkpoint=CheckpointConfig(out_dir=Path(a.out_dir), save_weight=a.save_weight,
+                                        from_weight=a.from_weight, from_resume=bool(a.from_resume),
+                                        save_interval=a.save_interval, log_interval=a.log_interval,
+                                        use_wandb=a.use_wandb),
+            mesh=MeshConfig(spec=a.mesh, coordinator_address=a.coordinator_address, num_processes=a.num_processes,
+                            process_id=a.process_id),
+            rollout=RolloutConfig(max_gen_len=a.max_gen_len, num_generations=a.num_generations,
+                                  temperature=a.rollout_temperature, top_p=a.rollout_top_p, top_k=a.rollout_top_k,
+                                  dtype=a.rollout_dtype),
+            reward=RewardConfig(reasoning=bool(a.reasoning), answer_weight=a.answer_reward,
+                                reward_model=a.reward_model, reward_fn=a.reward_fn),
+            lora=LoraConfig(name=a.lora_name, rank=a.lora_rank, init=a.lora_init),
+            distill=DistillConfig(alpha=a.alpha, temperature=a.temperature,
+                                  from_student_weight=a.from_student_weight,
+                                  from_teacher_weight=a.from_teacher_weight,
+                                  teacher_hidden_size=a.teacher_hidden_size, teacher_num_layers=a.teacher_num_layers),
+            objective=ObjectiveConfig(beta=a.beta, dpo_sum_logps=bool(a.dpo_sum_logps), clip_epsilon=a.clip_epsilon,
+                                      vf_coef=a.vf_coef, kl_coef=a.kl_coef,
+                                      critic_learning_rate=a.critic_learning_rate,
+                                      update_old_actor_freq=a.update_old_actor_freq, kl_estimator=a.kl_estimator),
+            spo_paper=SPOPaperConfig(init_samples=a.spo_init_samples, rho_min=a.spo_rho_min))
+
+    def replace(self, **sections) -> "TrainConfig":
+        """A copy with some sections replaced, each given as a section or as a dict of its changed fields:
+        `config.replace(rollout={'temperature': 0.0})`."""
+        changes = {k: dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v
+                   for k, v in sections.items()}
+        return dataclasses.replace(self, **changes)
+
+
+def model_config(a: Namespace) -> MiniMindConfig:
+    """The preset, with the size flags the user gave on top; an impossible shape is a one-line error."""
+    overrides = {k: v for k, v in (("hidden_size", a.hidden_size), ("num_hidden_layers", a.num_hidden_layers),
+                                   ("use_moe", None if a.use_moe is None else bool(a.use_moe))) if v is not None}
+    for flag in ("hidden_size", "num_hidden_layers"):
+        if flag in overrides:
+            _positive(flag, overrides[flag])
+    try:
+        return MiniMindConfig.from_preset(a.preset, **overrides)
+    except ValueError as e:
+        raise UsageError(f"--preset {a.preset} {' '.join(f'--{k} {v}' for k, v in overrides.items())}: "
+                         f"{str(e).removeprefix('MiniMindConfig: ')}") from None
