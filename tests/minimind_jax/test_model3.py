@@ -9,6 +9,7 @@ import pytest
 
 from minimind_jax import KVCache, MiniMindConfig, MiniMindForCausalLM
 from minimind_jax.config import PRESETS3, count_active_params, count_params, detect_generation
+from minimind_jax.generate import generate
 from minimind_jax.model import rope_tables
 
 ATOL = 1e-4          # fp32 logits and hidden states
@@ -88,6 +89,18 @@ def test_kv_cache_decode(reference3, ids_key, mask_key, want_key):
     mask = np.ones_like(ids) if mask_key is None else g[mask_key]
     got = decode(MiniMindForCausalLM(cfg), params, jnp.asarray(ids), jnp.asarray(mask, jnp.int32), prefill=8)
     np.testing.assert_allclose(got, g[want_key], atol=ATOL, rtol=0)
+
+
+def test_greedy_generate_follows_the_full_forward(reference3):
+    """generate() (KV cache, per-core decode layout on CPU) on left-padded prompts picks the argmax of a full
+    forward over what it generated."""
+    g, cfg, params = reference3("model_dense")
+    model = MiniMindForCausalLM(cfg)
+    prompt, mask = g["padded_input_ids"][:, :8], g["padded_attention_mask"][:, :8]
+    out = generate(model, params, prompt, mask, max_new_tokens=4, temperature=0.0, eos_token_id=None)
+    full_mask = np.concatenate([mask, np.ones((3, 4), mask.dtype)], axis=1)
+    logits = forward(model, params, out.sequences, jnp.asarray(full_mask)).logits
+    np.testing.assert_array_equal(out.sequences[:, 8:], np.argmax(logits[:, 7:-1], axis=-1))
 
 
 def test_moe_logits_aux_and_router_logits(reference3):
