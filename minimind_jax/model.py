@@ -1,11 +1,11 @@
-"""MiniMind, the reference's LLaMA-style decoder, in Flax Linen (SPEC.md §1), both generations.
+"""MiniMind, the reference's LLaMA-style decoder, in Flax Linen, both generations.
 
     x = dropout(embed(ids))
     per layer:  h = x + attn(rmsnorm(x));  x = h + ffn(rmsnorm(h))       (pre-norm)
     logits = rmsnorm(x) @ embed^T                                       (tied lm_head)
 
 Attention is GQA with rotate-half RoPE (optionally YaRN-scaled); the FFN is SwiGLU or a routed MoE whose experts
-are stacked arrays. Every matmul flattens its operand to 2-D and accumulates in float32 (PERF_NOTES.md).
+are stacked arrays. Every matmul flattens its operand to 2-D and accumulates in float32.
 
 Generation 3 (minimind-3, Qwen3's architecture) is the same network with: an RMSNorm over head_dim on q and k
 before RoPE (QK-norm), the norm weight multiplied in float32, head_dim free of hidden/heads, no FFN dropout, and an
@@ -13,7 +13,7 @@ MoE without shared experts whose top-1 weight is renormalised (to exactly 1) and
 token. The config's fields select each of these.
 
 Positions are absolute indices into the (left-padded) input: a full forward over a generated sequence reproduces
-the logits seen while decoding it token by token with the KV cache (SPEC.md §7, trap 1).
+the logits seen while decoding it token by token with the KV cache.
 """
 import math
 
@@ -68,7 +68,7 @@ def matmul(x, kernel, policy: Policy):
     """x @ kernel over x's last axis: [..., K] x [K, N] -> [..., N] in the compute dtype.
 
     Flattened to one 2-D dot (3-D dot_general is slow on XLA:CPU) that accumulates in float32, which is also
-    what makes bf16 take the fast path on this CPU (PERF_NOTES.md).
+    what makes bf16 take the fast path on this CPU.
     """
     cd = policy.compute_dtype
     y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(cd), kernel.astype(cd), preferred_element_type=F32)
@@ -134,7 +134,7 @@ def rms_norm(cfg: MiniMindConfig, policy: Policy, name: str | None = None) -> RM
 
 
 def rope_frequencies(cfg: MiniMindConfig) -> tuple[np.ndarray, float]:
-    """inv_freq[i] = theta^(-2i/head_dim), [head_dim/2], and the attention factor (YaRN, SPEC.md §1).
+    """inv_freq[i] = theta^(-2i/head_dim), [head_dim/2], and the attention factor (YaRN).
 
     YaRN (inference_rope_scaling) slows the low-frequency dimensions by `factor` with a linear ramp between the
     dimensions that turn `beta_fast` and `beta_slow` times over the original 2048 positions.
@@ -214,7 +214,7 @@ def grouped_attention(q, k, v, bias, dropout_mask):
     dropout_mask None or [B, KV, R*T, S] of 0 and 1/keep -> [B, KV, R*T, HD].
 
     The R = heads/kv_heads query heads that share a kv head are stacked along the query axis, so both products are
-    plain batched matmuls with no repeated keys (faster than a 5-D einsum, PERF_NOTES.md). Scores and softmax are
+    plain batched matmuls with no repeated keys (faster than a 5-D einsum). Scores and softmax are
     float32; products take the operands' dtype and accumulate in float32.
     """
     return _attention_fwd(q, k, v, bias, dropout_mask)[0]
@@ -339,7 +339,7 @@ class FeedForward(nn.Module):
 
 
 def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
-    """The reference's auxiliary loss for one layer (SPEC.md §1); scores [N, E] float32, topk_idx [N, k].
+    """The reference's auxiliary loss for one layer; scores [N, E] float32, topk_idx [N, k].
 
     seq_aux:       alpha * mean_b sum_e ce[b, e] * mean_t scores[b, t, e],  ce = slot count / (T * k / E)
     generation 2:  alpha * sum_e P_e * f_e,  P = mean scores, f = E * fraction of all (token, slot) choosing e

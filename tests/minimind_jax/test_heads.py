@@ -15,7 +15,7 @@ GOLDEN = ["model_dense", "model_dense_padded", "model_moe", "model_moe_tokenaux"
 
 @pytest.mark.parametrize("name", GOLDEN)
 def test_critic_values_match_reference(golden, name):
-    """The golden critic reads the final-normed hidden states once (SPEC.md §1), on the unmasked ids."""
+    """The generation-2 golden critic reads the final-normed hidden states once, on the unmasked ids."""
     g = golden(name)
     cfg = MiniMindConfig.from_dict(json.loads(str(g["config_json"])))
     backbone = params_from_torch({k[3:]: v for k, v in g.items() if k.startswith("sd/")}, cfg)["model"]
