@@ -369,11 +369,12 @@ def cast(a: np.ndarray, outtype: str) -> np.ndarray:
 
 
 def write_hf(folder: Path, cfg: MiniMindConfig, sd: dict, tokenizer: Path, outtype: str) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
     layout = hf_layout(cfg)
     hf_sd = {k: (v if k.endswith("e_score_correction_bias") else cast(v, outtype))
              for k, v in layout.to_hf(sd, cfg).items()}
-    save_file(hf_sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    # Written as bytes, so the file gets the user's usual permissions (save_file creates it private).
+    (folder / "model.safetensors").write_bytes(save(hf_sd, metadata={"format": "pt"}))
     dump = lambda name, obj: (folder / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     dump("config.json", hf_config(cfg, outtype))
     dump("generation_config.json", generation_config(cfg))

@@ -4,8 +4,9 @@
     curl 127.0.0.1:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
 
     POST /v1/chat/completions   OpenAI's request and response; `stream: true` sends server-sent chunks. Honoured:
-                                messages, temperature (0: greedy), top_p, max_tokens (or max_completion_tokens,
-                                at most --max_new_tokens), seed; defaults are the chat CLI's (0.85, 0.85, --max_new_tokens)
+                                messages, temperature (0: greedy), top_p, max_tokens (or max_completion_tokens;
+                                at most --max_new_tokens), seed. Defaults: the chat CLI's 0.85, 0.85 and
+                                --max_new_tokens
     GET  /v1/models             the one model
     GET  /                      the chat page
 
