@@ -3,9 +3,10 @@ import jax
 import jax.numpy as jnp
 
 from losses.masks import safe_divide, zero_masked
+from losses.shapes import Array, ArrayLike, Float, Int, Scalar, Shaped
 
 
-def token_logprobs(logits, ids):
+def token_logprobs(logits: Float[ArrayLike, "B T V"], ids: Int[ArrayLike, "B T"]) -> Float[Array, "B T"]:
     """log softmax(logits)[ids] in float32: [B, T, V], [B, T] -> [B, T].
 
     Gathers one logit per position and subtracts the logsumexp instead of materialising log_softmax [B, T, V].
@@ -15,7 +16,8 @@ def token_logprobs(logits, ids):
     return picked - jax.nn.logsumexp(logits, axis=-1)                                 # [B, T]
 
 
-def masked_ce(logits, labels, mask, ignore_id: int | None = None):
+def masked_ce(logits: Float[ArrayLike, "B T V"], labels: Int[ArrayLike, "B T"], mask: Shaped[ArrayLike, "B T"],
+              ignore_id: int | None = None) -> Scalar:
     """sum(CE * mask) / sum(mask) with CE = -log p(label): the pretrain / SFT objective (without the MoE aux loss).
 
     `ignore_id`: targets with this id add nothing to the sum but still count in sum(mask) — the reference's
@@ -26,7 +28,8 @@ def masked_ce(logits, labels, mask, ignore_id: int | None = None):
     return safe_divide(jnp.sum(zero_masked(ce, weight) * weight), jnp.sum(mask))
 
 
-def reason_ce(logits, labels, mask, special_ids, weight=10.0, *, respect_mask: bool = False):
+def reason_ce(logits: Float[ArrayLike, "B T V"], labels: Int[ArrayLike, "B T"], mask: Shaped[ArrayLike, "B T"],
+              special_ids, weight=10.0, *, respect_mask: bool = False) -> Scalar:
     """The reasoning-distillation CE: weight `weight` on every target that is one of `special_ids` (the tokens of
     <think>, </think>, <answer>, </answer>), mask weight elsewhere, normalised by the *original* mask sum:
 

@@ -3,9 +3,11 @@ import jax
 import jax.numpy as jnp
 
 from losses.masks import masked_mean
+from losses.shapes import ArrayLike, Float, Scalar, Shaped
 
 
-def distill_kl(student_logits, teacher_logits, mask, temperature=1.0):
+def distill_kl(student_logits: Float[ArrayLike, "B T V"], teacher_logits: Float[ArrayLike, "B T Vt"],
+               mask: Shaped[ArrayLike, "B T"], temperature=1.0) -> Scalar:
     """T^2 * KL(p_t || p_s) per position, averaged over masked positions (Hinton et al., 2015):
 
         p = softmax(logits / T),  KL = sum_v p_t (log p_t - log p_s),  loss = T^2 * sum(KL * mask) / sum(mask)

@@ -3,16 +3,19 @@ import jax
 import jax.numpy as jnp
 
 from losses.masks import masked_mean, masked_sum
+from losses.shapes import Array, ArrayLike, Float, Shaped
 
 
-def sequence_logps(token_logps, mask, average: bool = True):
+def sequence_logps(token_logps: Float[ArrayLike, "B T"], mask: Shaped[ArrayLike, "B T"],
+                   average: bool = True) -> Float[Array, "B"]:
     """[B, T] -> [B]: the masked mean of each row's log-probs (the reference, length-normalised) or their sum."""
     if average:
         return masked_mean(token_logps, mask, axis=-1)
     return masked_sum(token_logps, mask, axis=-1)
 
 
-def dpo_loss(policy_logps, ref_logps, mask, beta=0.1, *, average_log_prob: bool = True, label_smoothing: float = 0.0,
+def dpo_loss(policy_logps: Float[ArrayLike, "B2 T"], ref_logps: Float[ArrayLike, "B2 T"], mask: Shaped[ArrayLike, "B2 T"],
+             beta=0.1, *, average_log_prob: bool = True, label_smoothing: float = 0.0,
              loss_type: str = "sigmoid", return_metrics: bool = False):
     """DPO on a batch whose rows are [chosen; rejected] (first half chosen, second half rejected):
 

@@ -5,9 +5,10 @@ import jax.numpy as jnp
 
 from losses.kl import kl_estimate
 from losses.masks import masked_mean, reduce_tokens, whiten, zero_masked
+from losses.shapes import ArrayLike, Float, Shaped
 
 
-def grpo_advantages(rewards, num_generations: int, *, scale_rewards: bool = True, batch_normalize: bool = True,
+def grpo_advantages(rewards: Float[ArrayLike, "N"], num_generations: int, *, scale_rewards: bool = True, batch_normalize: bool = True,
                     eps: float = 1e-4, clip: float = 10.0):
     """[B*G] rewards, G consecutive completions per prompt -> [B*G] advantages:
 
@@ -30,7 +31,8 @@ def grpo_advantages(rewards, num_generations: int, *, scale_rewards: bool = True
     return whiten(a) if batch_normalize else a
 
 
-def grpo_loss(logps, ref_logps, advantages, completion_mask, beta=0.02, *, kl_estimator: str = "k3",
+def grpo_loss(logps: Float[ArrayLike, "N R"], ref_logps: Float[ArrayLike, "N R"], advantages: Float[ArrayLike, "N"],
+              completion_mask: Shaped[ArrayLike, "N R"], beta=0.02, *, kl_estimator: str = "k3",
               loss_norm: str = "sequence", max_tokens: int | None = None, return_metrics: bool = False):
     """Per token `-(ratio * A - beta * KL)` with ratio = exp(logp - stop_grad(logp)) (1 in value: one update per
     rollout, so it only carries the policy gradient A * grad logp), then reduced by `loss_norm`:

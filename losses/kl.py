@@ -10,18 +10,20 @@ only through the score function, which these losses do not add, so k1 is offered
 """
 import jax.numpy as jnp
 
+from losses.shapes import Array, ArrayLike, Float
 
-def kl_k1(logp, ref_logp):
+
+def kl_k1(logp: Float[ArrayLike, "*s"], ref_logp: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     """k1 = logp - ref_logp, [...] -> [...]."""
     return jnp.asarray(logp, jnp.float32) - jnp.asarray(ref_logp, jnp.float32)
 
 
-def kl_k2(logp, ref_logp):
+def kl_k2(logp: Float[ArrayLike, "*s"], ref_logp: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     """k2 = (logp - ref_logp)^2 / 2."""
     return 0.5 * jnp.square(kl_k1(logp, ref_logp))
 
 
-def kl_k3(logp, ref_logp):
+def kl_k3(logp: Float[ArrayLike, "*s"], ref_logp: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
     """k3 = exp(ref - logp) - (ref - logp) - 1 >= 0, and 0 only where logp == ref_logp.
 
     `expm1(d) - d` is the same number without the cancellation of `exp(d) - 1` near d = 0.

@@ -6,6 +6,8 @@ value or a gradient, even when they hold inf or NaN (a pad token's log-prob can 
 """
 import jax.numpy as jnp
 
+from losses.shapes import Array, ArrayLike, Int
+
 
 def zero_masked(x, mask):
     """x where mask != 0, else 0 (gradient to masked positions is exactly 0)."""
@@ -30,7 +32,7 @@ def masked_mean(x, mask, axis=None):
     return safe_divide(masked_sum(x, mask, axis), jnp.sum(jnp.asarray(mask, jnp.float32), axis=axis))
 
 
-def completion_mask(completion_ids, eos_id):
+def completion_mask(completion_ids: Int[ArrayLike, "*batch R"], eos_id) -> Int[Array, "*batch R"]:
     """int32 [B, R]: 1 up to and including the first eos, 0 after it; a row without eos keeps every position.
 
     `cumsum(is_eos) - is_eos` counts the eos tokens strictly before each position, so the mask is where that is 0.

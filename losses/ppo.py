@@ -3,8 +3,11 @@ and a KL-to-reference term in the loss (Schulman et al., 2017; Ouyang et al., 20
 import jax
 import jax.numpy as jnp
 
+from losses.shapes import ArrayLike, Float
 
-def ppo_loss(actor_logp, old_logp, ref_logp, values, rewards, clip_eps=0.1, vf_coef=0.5, kl_coef=0.02):
+
+def ppo_loss(actor_logp: Float[ArrayLike, "B"], old_logp: Float[ArrayLike, "B"], ref_logp: Float[ArrayLike, "B"],
+             values: Float[ArrayLike, "B"], rewards: Float[ArrayLike, "B"], clip_eps=0.1, vf_coef=0.5, kl_coef=0.02):
     """(total, metrics) from sequence log-probs [B] (sums over each completion) of actor, old actor and reference,
     critic values [B] and rewards [B]:
 

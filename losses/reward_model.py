@@ -2,8 +2,10 @@
 import jax
 import jax.numpy as jnp
 
+from losses.shapes import ArrayLike, Float
 
-def bradley_terry_loss(chosen_scores, rejected_scores, *, margin=0.0):
+
+def bradley_terry_loss(chosen_scores: Float[ArrayLike, "B"], rejected_scores: Float[ArrayLike, "B"], *, margin=0.0):
     """(loss, metrics) with loss = -mean(log sigmoid(s_c - s_r - margin)): [B], [B] -> scalar.
 
     P(chosen > rejected) = sigmoid(s_c - s_r) under Bradley–Terry; `margin` (a scalar or [B], Llama 2's rating

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from losses.grpo import rl_metrics
 from losses.kl import kl_estimate
 from losses.masks import masked_mean, reduce_tokens, whiten, zero_masked
+from losses.shapes import Array, ArrayLike, Float, Shaped
 
 REWARD_SCALE = 3.0     # rewards live in about [-3, 3]; the tracker works on (r + 3) / 6 in [0, 1]
 
@@ -23,7 +24,7 @@ class SPOTracker(NamedTuple):
     updates: jax.Array         # int32 [] updates so far (0: no old_mean_logp yet)
 
 
-def spo_tracker_init(*, rho_min: float = 0.5) -> SPOTracker:
+def spo_tracker_init(*, rho_min: float | Array = 0.5) -> SPOTracker:
     """alpha = beta = 0.5 * N0 with N0 = 1 / (1 - rho_min), the pseudo-count rho_min's forgetting converges to."""
     n0 = 1.0 / (1.0 - rho_min)
     return SPOTracker(jnp.float32(0.5 * n0), jnp.float32(0.5 * n0), jnp.float32(0.0), jnp.int32(0))
@@ -34,8 +35,9 @@ def spo_baseline(state: SPOTracker):
     return state.alpha / (state.alpha + state.beta)
 
 
-def spo_tracker_update(state: SPOTracker, rewards, logps, completion_mask, *, d_half: float = 0.06,
-                       rho_min: float = 0.5, rho_max: float = 0.96, rho_first: float = 0.9,
+def spo_tracker_update(state: SPOTracker, rewards: Float[ArrayLike, "N"], logps: Float[ArrayLike, "N R"],
+                       completion_mask: Shaped[ArrayLike, "N R"], *, d_half: float | Array = 0.06,
+                       rho_min: float | Array = 0.5, rho_max: float | Array = 0.96, rho_first: float | Array = 0.9,
                        reward_scale: float = REWARD_SCALE):
     """(state, rho) after one batch, as the reference:
 
@@ -57,7 +59,7 @@ def spo_tracker_update(state: SPOTracker, rewards, logps, completion_mask, *, d_
     return new, rho
 
 
-def spo_advantages(rewards, baseline, *, reward_scale: float = REWARD_SCALE, clip: float = 5.0,
+def spo_advantages(rewards: Float[ArrayLike, "N"], baseline: Float[ArrayLike, ""], *, reward_scale: float = REWARD_SCALE, clip: float = 5.0,
                    batch_normalize: bool = False):
     """A = clip(r - (2s * b - s), -clip, clip): the reward against the baseline mapped back to the rewards' range.
 
@@ -69,7 +71,8 @@ def spo_advantages(rewards, baseline, *, reward_scale: float = REWARD_SCALE, cli
     return whiten(a) if batch_normalize else a
 
 
-def spo_loss(logps, ref_logps, advantages, completion_mask, beta=0.02, *, kl_estimator: str = "k3",
+def spo_loss(logps: Float[ArrayLike, "N R"], ref_logps: Float[ArrayLike, "N R"], advantages: Float[ArrayLike, "N"],
+             completion_mask: Shaped[ArrayLike, "N R"], beta=0.02, *, kl_estimator: str = "k3",
              loss_norm: str = "sequence", max_tokens: int | None = None, return_metrics: bool = False):
     """Per token `-logp * A + beta * KL`, masked mean per completion, mean over completions (the reference;
     `loss_norm` as grpo_loss). [N, R], [N, R], [N], [N, R] -> scalar (and metrics with `return_metrics`)."""

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from losses.masks import masked_mean, reduce_tokens, whiten, zero_masked
+from losses.shapes import Array, ArrayLike, Float, Shaped
 
 RHO_MIN = 0.875        # the paper's runs: N0 = 1 / (1 - rho_min) = 8 pseudo-samples of memory at most drift
 RHO_MAX = 0.96         # at no drift, still forget: a window of ~25 visits
@@ -44,7 +45,7 @@ class SPOTable(NamedTuple):
 
 
 def spo_table_init(num_prompts: int, max_len: int, successes=None, num_samples=0, *,
-                   rho_min: float = RHO_MIN) -> SPOTable:
+                   rho_min: float | Array = RHO_MIN) -> SPOTable:
     """Priors from `num_samples` = n offline samples per prompt of which `successes` = s [N] succeeded:
 
         alpha = N0 (s + 0.5) / (n + 1),   beta = N0 (n - s + 0.5) / (n + 1),   N0 = 1 / (1 - rho_min)
@@ -80,8 +81,8 @@ def spo_table_stored(table: SPOTable, index):
     return table.response[index], mask, table.response_logps[index]
 
 
-def spo_table_rho(table: SPOTable, index, new_logps, *, d_half: float = D_HALF, rho_min: float = RHO_MIN,
-                  rho_max: float = RHO_MAX):
+def spo_table_rho(table: SPOTable, index, new_logps, *, d_half: float | Array = D_HALF, rho_min: float | Array = RHO_MIN,
+                  rho_max: float | Array = RHO_MAX):
     """(rho f32 [B], D f32 [B]) from `new_logps` [B, R], the current policy's log-probs of `spo_table_stored`'s tokens:
 
         D = masked mean_t |logp_then - logp_now|,   rho = clip(2^(-D / d_half), rho_min, rho_max)
@@ -96,7 +97,7 @@ def spo_table_rho(table: SPOTable, index, new_logps, *, d_half: float = D_HALF, 
 
 
 def spo_table_update(table: SPOTable, index, rewards, rho, response, response_logps, completion_mask, *,
-                     rho_max: float = RHO_MAX) -> SPOTable:
+                     rho_max: float | Array = RHO_MAX) -> SPOTable:
     """The table after one batch. Row i (prompt index[i], reward r_i clipped to [0, 1] as a Beta update needs):
 
         alpha <- rho_i alpha + r_i,   beta <- rho_i beta + (1 - r_i)
@@ -130,13 +131,15 @@ def spo_table_update(table: SPOTable, index, rewards, rho, response, response_lo
         table.response_logps.at[last].set(zero_masked(jnp.asarray(response_logps, jnp.float32), mask), mode="drop"))
 
 
-def spo_paper_advantages(rewards, baselines, *, batch_normalize: bool = True):
+def spo_paper_advantages(rewards: Float[ArrayLike, "N"], baselines: Float[ArrayLike, "N"], *,
+                         batch_normalize: bool = True) -> Float[Array, "N"]:
     """A = r - p_hat, then (A - mean) / (std + 1e-8) over the whole batch (std unbiased): [B], [B] -> [B]."""
     a = jnp.asarray(rewards, jnp.float32) - jnp.asarray(baselines, jnp.float32)
     return whiten(a) if batch_normalize else a
 
 
-def spo_paper_loss(logps, old_logps, advantages, completion_mask, *, clip_eps: float = 0.2,
+def spo_paper_loss(logps: Float[ArrayLike, "N R"], old_logps: Float[ArrayLike, "N R"], advantages: Float[ArrayLike, "N"],
+                   completion_mask: Shaped[ArrayLike, "N R"], *, clip_eps: float = 0.2,
                    clip_eps_high: float | None = None, loss_norm: str = "token", max_tokens: int | None = None,
                    return_metrics: bool = False):
     """PPO-clip per token (the paper's policy update), reduced by `loss_norm`:

@@ -83,7 +83,7 @@ class Tokenizer:
                 from tokenizers import Tokenizer as HFTokenizer
             except ImportError:
                 raise ImportError(f"{path}: a tokenizer.json needs the `tokenizers` package: "
-                                  f"pip install 'minimind-jax[hf]'") from None
+                                  f"pip install tokenizers") from None
             backend = lambda: {"hf": HFTokenizer.from_file(str(path))}
         try:
             model = backend()

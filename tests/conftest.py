@@ -1,5 +1,13 @@
-"""Shared fixtures: the reference's golden arrays live in ../shared/golden beside the checkout."""
+"""Shared fixtures: the reference's golden arrays live in ../shared/golden beside the checkout.
+
+The public losses carry shape-typed signatures; here, before anything imports them, jaxtyping's import hook makes
+beartype check every call of every test against them (a [B, T] mask handed to a [B, R] slot fails the test)."""
 import os
+
+from jaxtyping import install_import_hook
+
+with install_import_hook("losses", "beartype.beartype"):
+    import losses  # noqa: F401,E402  (imported under the hook so that every later import gets the checked module)
 from pathlib import Path
 
 import numpy as np

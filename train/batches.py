@@ -1,13 +1,13 @@
 """Which rows an optimizer step reads: a pure function of (permutation, step), so resume is exact."""
 import numpy as np
 
+from minimind_jax.data import batch_rows
+
 
 def step_rows(perm: np.ndarray, step_in_epoch: int, accumulation: int, batch: int) -> np.ndarray:
-    """Data-set rows of one optimizer step, [A, B]: the global batch is A*B consecutive entries of the epoch's
-    permutation (wrapping at its end so shapes never change). Each process then feeds its columns
-    (train.mesh.process_rows)."""
-    per_step = accumulation * batch
-    return perm[(step_in_epoch * per_step + np.arange(per_step)) % len(perm)].reshape(accumulation, batch)
+    """Data-set rows of one optimizer step, [A, B]: its global batch of A*B rows (the data library's rule), one
+    micro-batch per row. Each process then feeds its columns (train.mesh.process_rows)."""
+    return batch_rows(perm, step_in_epoch, accumulation * batch).reshape(accumulation, batch)
 
 
 def split_batch(batch: dict, shape: tuple[int, int]) -> tuple[dict, dict]:

@@ -1,9 +1,11 @@
-"""Which rows each batch holds: a pure function of (seed, epoch, batch index, process), so resume is exact.
+"""Which rows each batch holds: a pure function of (seed, epoch, batch index), so resume is exact.
 
 The epoch's order is a permutation drawn from (seed, epoch) alone. Global batch b is the entries
 [b*B, (b+1)*B) of that permutation, wrapping to its start for the last partial batch (shapes never change and
-every row is seen); process p of P reads the p-th contiguous slice of B/P rows of each global batch.
-Resuming after n consumed batches is `start=n`: nothing before it is read and nothing after it changes.
+every row is seen). A process of a multi-process run reads some positions of every global batch: which ones is the
+caller's to say (the trainer derives them from how the batch is sharded over the devices, train.mesh.process_rows),
+so there is one rule for the rows and one for their placement. Resuming after n consumed batches is `start=n`:
+nothing before it is read and nothing after it changes.
 """
 from typing import Iterator
 
@@ -22,24 +24,20 @@ def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def batch_rows(perm: np.ndarray, b: int, batch_size: int, process_index: int = 0,
-               process_count: int = 1) -> np.ndarray:
-    """int64 [batch_size / process_count]: this process's rows of global batch b."""
-    if batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} (the global batch) must divide by the {process_count} processes")
-    width = batch_size // process_count
-    pos = b * batch_size + process_index * width + np.arange(width)
-    return perm[pos % len(perm)]
+def batch_rows(perm: np.ndarray, b: int, batch_size: int) -> np.ndarray:
+    """int64 [batch_size]: the data-set rows of global batch b, consecutive entries of the permutation."""
+    return perm[(b * batch_size + np.arange(batch_size)) % len(perm)]
 
 
-def iterate_batches(ds, batch_size: int, *, seed: int, epoch: int, start: int = 0, process_index: int = 0,
-                    process_count: int = 1) -> Iterator[tuple[int, dict]]:
-    """(b, ds.batch(rows, epoch)) for the batches b = start, start+1, ... of one epoch (see the module doc); the
-    epoch also keys the data set's own per-row draws, if it makes any."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    if batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} (the global batch) must divide by the {process_count} processes")
+def iterate_batches(ds, batch_size: int, *, seed: int, epoch: int, start: int = 0,
+                    positions: np.ndarray | None = None) -> Iterator[tuple[int, dict]]:
+    """(b, ds.batch(rows, epoch)) for the batches b = start, start+1, ... of one epoch (see the module doc).
+
+    `positions` (int [k], within [0, batch_size)): the entries of each global batch this process reads; None: all.
+    The epoch also keys the data set's own per-row draws, if it makes any."""
+    if positions is not None and (np.min(positions) < 0 or np.max(positions) >= batch_size):
+        raise ValueError(f"positions must lie in [0, {batch_size}), the global batch")
     perm = epoch_permutation(seed, epoch, len(ds))
     for b in range(start, num_batches(len(ds), batch_size)):
-        yield b, ds.batch(batch_rows(perm, b, batch_size, process_index, process_count), epoch=epoch)
+        rows = batch_rows(perm, b, batch_size)
+        yield b, ds.batch(rows if positions is None else rows[positions], epoch=epoch)

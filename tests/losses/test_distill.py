@@ -45,7 +45,7 @@ def test_masked_positions_and_padding_never_matter(student, teacher, m, junk):
     np.testing.assert_allclose(loss2, loss, rtol=1e-6)
     assert np.all(np.asarray(grad2)[m == 0] == 0)
     padded = losses.distill_kl(pad_columns(student, 2), pad_columns(teacher, 2), pad_columns(m, 2), 1.5)
-    np.testing.assert_allclose(padded, loss, rtol=1e-6)
+    np.testing.assert_allclose(padded, loss, rtol=4e-6)     # a longer sum may round differently by an ulp or two
 
 
 def test_teacher_gets_no_gradient():

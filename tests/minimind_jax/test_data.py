@@ -169,25 +169,23 @@ def test_resume_is_exact_and_every_row_is_seen(n, batch, start, seed):
     assert {r for _, rows in full for r in rows} == set(range(n))
 
 
-@given(n=st.integers(1, 40), per_process=st.integers(1, 5), processes=st.integers(1, 4))
-def test_process_sharding_partitions_each_global_batch(n, per_process, processes):
+@given(n=st.integers(1, 40), per_process=st.integers(1, 5), processes=st.integers(1, 4), seed=st.integers(0, 3))
+def test_positions_partition_each_global_batch(n, per_process, processes, seed):
+    """Processes that read disjoint positions (here interleaved, as a sharding may place them) together read
+    exactly each global batch."""
     ds, batch = RowsDataset(n), per_process * processes
-    whole = list(iterate_batches(ds, batch, seed=0, epoch=0))
-    shards = [list(iterate_batches(ds, batch, seed=0, epoch=0, process_index=p, process_count=processes))
+    whole = list(iterate_batches(ds, batch, seed=seed, epoch=0))
+    shards = [list(iterate_batches(ds, batch, seed=seed, epoch=0, positions=np.arange(p, batch, processes)))
               for p in range(processes)]
     for b, (_, global_batch) in enumerate(whole):
         parts = [shards[p][b][1]["rows"] for p in range(processes)]
         assert all(len(part) == per_process for part in parts)
-        np.testing.assert_array_equal(np.concatenate(parts), global_batch["rows"])
+        np.testing.assert_array_equal(np.stack(parts, axis=1).reshape(-1), global_batch["rows"])
 
 
 def test_loader_errors():
-    with pytest.raises(ValueError, match="must divide by the 3 processes"):
-        next(iterate_batches(RowsDataset(10), 4, seed=0, epoch=0, process_count=3))
-    with pytest.raises(ValueError, match="process_index 2"):
-        next(iterate_batches(RowsDataset(10), 4, seed=0, epoch=0, process_index=2, process_count=2))
-    with pytest.raises(ValueError):
-        batch_rows(np.arange(5), 0, 5, 0, 2)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        next(iterate_batches(RowsDataset(10), 4, seed=0, epoch=0, positions=np.array([0, 4])))
 
 
 def test_iterate_real_dataset(tok, tmp_path):
