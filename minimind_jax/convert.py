@@ -157,8 +157,12 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:            # cut short, or not a safetensors file at all
+            raise ValueError(f"{path}: not a whole safetensors file ({str(e).strip()})") from None
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise ValueError(f"{path}: unknown weights format (expected .safetensors or a torch .pth)")
     try:

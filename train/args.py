@@ -27,7 +27,12 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--stage", required=True, help=f"one of {STAGE_NAMES}, an alias {sorted(ALIASES)}, or 'all' (the pipeline)")
     # model
-    add("--preset", default="small", choices=["tiny", "small", "base", "moe"], help="model size; flags below override")
+    add("--minimind", type=int, default=2, choices=[2, 3],
+        help="the MiniMind generation: 2 (a8455ca, January 2026) or 3 (March 2026: QK-norm, its own tokenizer, chat "
+             "template, data formats and defaults)")
+    add("--preset", default="small", choices=["tiny", "small", "base", "moe"],
+        help="model size (generation 3: tiny, small = minimind-3 64M, moe = minimind-3-moe 198M-A64M); flags below "
+             "override")
     add("--hidden_size", type=int, default=None)
     add("--num_hidden_layers", type=int, default=None)
     add("--use_moe", type=int, default=None, choices=[0, 1])
@@ -47,11 +52,24 @@ def parser() -> argparse.ArgumentParser:
     add("--data_path", default=None, help="jsonl file; default: the stage's file in data/sample/")
     add("--tokenizer", default=None, help="tokenizer dir; default: the embedded data/sample/tokenizer")
     add("--skip_bad_lines", action="store_true", help="skip malformed jsonl rows (counted) instead of stopping")
+    add("--add_system_ratio", type=float, default=None, help="MiniMind-3 data: chance of a random system prompt "
+                                                             "(default 0.2; 0: never)")
+    add("--empty_think_ratio", type=float, default=None, help="MiniMind-3 data: chance an empty think block is kept "
+                                                              "(default 0.2)")
+    add("--thinking_ratio", type=float, default=None, help="MiniMind-3 prompts: chance of an open think block")
     add("--cache_dir", default=None, help="where tokenized data is cached")
     add("--out_dir", default="out")
     add("--from_weight", default=None, help="NAME (loads <out_dir>/NAME_<hidden>/weights.safetensors), a path, or none")
     add("--save_weight", default=None)
     add("--from_resume", type=int, default=0, choices=[0, 1], help="1: continue exactly from the last checkpoint")
+    add("--resume_accept", default="", help="comma-separated settings a resumed run may change from the checkpoint's "
+                                             "(learning_rate, epochs, grad_clip, dtype, objective); others are refused")
+    add("--overwrite", action="store_true", help="start afresh over a run directory that holds checkpoints (they are "
+                                                  "deleted); without it such a fresh run is refused")
+    add("--nonfinite", default="stop", choices=["stop", "skip"],
+        help="a step whose loss or gradients are not finite is never applied; stop: end the run (checkpoint kept) "
+             "after --nonfinite_patience such steps in a row; skip: carry on")
+    add("--nonfinite_patience", type=int, default=3)
     add("--log_interval", type=int, default=10)
     add("--save_interval", type=int, default=100)
     add("--use_wandb", action="store_true", help="also log to wandb (or swanlab) when installed")
@@ -60,9 +78,13 @@ def parser() -> argparse.ArgumentParser:
     add("--coordinator_address", default=None, help="multi-host: host:port of process 0")
     add("--num_processes", type=int, default=None)
     add("--process_id", type=int, default=None)
+    add("--distributed_timeout", type=int, default=300, help="multi-host: seconds to wait for every process to join")
+    add("--coordinator_bind_address", default=None,
+        help="multi-host: where process 0 listens (default: --coordinator_address itself; e.g. 0.0.0.0:PORT for all "
+             "interfaces)")
     # lora
     add("--lora_name", default="lora_identity")
-    add("--lora_rank", type=int, default=8)
+    add("--lora_rank", type=int, default=None, help="default 8 (MiniMind-3: 16)")
     add("--lora_init", default=None, help="start from these adapters (safetensors or .pth under the reference's names, "
                                          "e.g. model.layers.0.self_attn.q_proj.lora.A.weight) instead of drawing them")
     # distillation
@@ -72,9 +94,14 @@ def parser() -> argparse.ArgumentParser:
     add("--from_teacher_weight", default=None)
     add("--teacher_hidden_size", type=int, default=None)
     add("--teacher_num_layers", type=int, default=None)
+    add("--teacher_use_moe", type=int, default=None, choices=[0, 1])
+    add("--student_hidden_size", type=int, default=None, help="alias of --hidden_size for distillation")
+    add("--student_num_layers", type=int, default=None, help="alias of --num_hidden_layers for distillation")
+    add("--student_use_moe", type=int, default=None, choices=[0, 1], help="alias of --use_moe for distillation")
     # dpo / rl
     add("--beta", type=float, default=None)
-    add("--dpo_sum_logps", type=int, default=0, choices=[0, 1], help="1: sequence log-prob as a sum, not a mean")
+    add("--dpo_sum_logps", type=int, default=None, choices=[0, 1],
+        help="1: sequence log-prob as a sum, not a mean (default 0; MiniMind-3: 1)")
     # rl: rollouts
     add("--max_gen_len", type=int, default=None, help="RL: new tokens per completion")
     add("--num_generations", type=int, default=8, help="GRPO: completions per prompt")
@@ -117,8 +144,13 @@ def canonical_stage(name: str, spo_mode: str = "minimind") -> str:
 
 
 def with_defaults(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
-    """A copy of args where every flag left at None takes the stage's default (a callable default sees the args)."""
+    """A copy of args where every flag left at None takes the stage's default (a callable default sees the args).
+    The student flags of distillation are the model flags under the reference's names."""
     merged = argparse.Namespace(**vars(args))
+    for student, model in (("student_hidden_size", "hidden_size"), ("student_num_layers", "num_hidden_layers"),
+                           ("student_use_moe", "use_moe")):
+        if getattr(merged, student, None) is not None and getattr(merged, model, None) is None:
+            setattr(merged, model, getattr(merged, student))
     for key, value in defaults.items():
         if getattr(merged, key, None) is None:
             setattr(merged, key, value(merged) if callable(value) else value)

@@ -26,6 +26,10 @@ class Rows:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.dataset.fingerprint}:{len(self.rows)}"
+
     def batch(self, indices: np.ndarray, epoch: int = 0) -> dict:
         return self.dataset.batch(self.rows[np.asarray(indices)], epoch=epoch)
 

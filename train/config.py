@@ -13,6 +13,9 @@ from minimind_jax import MiniMindConfig
 from train.errors import UsageError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# What a resumed run may change from its checkpoint when the user says so: none of it moves the data order or
+# changes the shapes. The rest of the run's identity (stage, model, tokenizer, data, seed, batch) never may.
+RESUME_ACCEPTABLE = ("learning_rate", "epochs", "grad_clip", "dtype", "objective")
 
 
 def _positive(flag: str, value, kind=int) -> None:
@@ -38,8 +41,14 @@ class DataConfig:
     max_seq_len: int                # RL stages: the prompt length
     skip_bad_lines: bool = False
     cache_dir: str | None = None
+    add_system_ratio: float | None = None   # MiniMind-3 formats' random rules (None: the format's default)
+    empty_think_ratio: float | None = None
+    thinking_ratio: float | None = None
 
     def __post_init__(self):
+        for flag in ("add_system_ratio", "empty_think_ratio", "thinking_ratio"):
+            if getattr(self, flag) is not None:
+                _fraction(flag, getattr(self, flag))
         if self.max_seq_len is None or not isinstance(self.max_seq_len, int) or self.max_seq_len < 2:
             raise UsageError(f"--max_seq_len {self.max_seq_len}: must be an integer >= 2")
         if self.path is not None:
@@ -58,6 +67,8 @@ class OptimConfig:
     grad_clip: float = 1.0
     max_steps: int | None = None    # stop after this many optimizer steps (the schedule still spans `epochs`)
     dtype: str = "auto"
+    nonfinite: str = "stop"         # a non-finite step is never applied; 'stop' ends the run after `patience` in a row
+    nonfinite_patience: int = 3
 
     def __post_init__(self):
         _positive("epochs", self.epochs)
@@ -69,6 +80,9 @@ class OptimConfig:
             _positive("max_steps", self.max_steps)
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise UsageError(f"--nonfinite {self.nonfinite}: expected stop or skip")
+        _positive("nonfinite_patience", self.nonfinite_patience)
 
     @property
     def global_batch(self) -> int:
@@ -119,8 +133,16 @@ class CheckpointConfig:
     save_interval: int = 100
     log_interval: int = 10
     use_wandb: bool = False
+    overwrite: bool = False         # a fresh run may delete the checkpoints it finds
+    resume_accept: tuple[str, ...] = ()   # run-identity fields a resumed run may change
 
     def __post_init__(self):
+        unknown = set(self.resume_accept) - set(RESUME_ACCEPTABLE)
+        if unknown:
+            raise UsageError(f"--resume_accept {','.join(self.resume_accept)}: {', '.join(sorted(unknown))} cannot be "
+                             f"changed on resume (acceptable: {', '.join(RESUME_ACCEPTABLE)})")
+        if self.overwrite and self.from_resume:
+            raise UsageError("--overwrite with --from_resume 1: choose one (continue the run, or replace it)")
         _positive("save_interval", self.save_interval)
         _positive("log_interval", self.log_interval)
         if not self.save_weight or "/" in self.save_weight:
@@ -137,6 +159,10 @@ class MeshConfig:
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    timeout: int = 300              # seconds to wait for every process to join
+
+    def __post_init__(self):
+        _positive("distributed_timeout", self.timeout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +183,7 @@ class DistillConfig:
     from_teacher_weight: str | None = None
     teacher_hidden_size: int | None = None
     teacher_num_layers: int | None = None
+    teacher_use_moe: bool | None = None     # None: as the student
 
     def __post_init__(self):
         _fraction("alpha", self.alpha)
@@ -219,26 +246,31 @@ class TrainConfig:
         return cls(
             stage=a.stage, seed=a.seed, model=model_config(a),
             data=DataConfig(path=Path(a.data_path) if a.data_path else None, tokenizer=a.tokenizer,
-                            max_seq_len=a.max_seq_len, skip_bad_lines=a.skip_bad_lines, cache_dir=a.cache_dir),
+                            max_seq_len=a.max_seq_len, skip_bad_lines=a.skip_bad_lines, cache_dir=a.cache_dir,
+                            add_system_ratio=a.add_system_ratio, empty_think_ratio=a.empty_think_ratio,
+                            thinking_ratio=a.thinking_ratio),
             optim=OptimConfig(epochs=a.epochs, batch_size=a.batch_size, accumulation_steps=a.accumulation_steps,
                               learning_rate=a.learning_rate, grad_clip=a.grad_clip, max_steps=a.max_steps,
-                              dtype=a.dtype),
+                              dtype=a.dtype, nonfinite=a.nonfinite, nonfinite_patience=a.nonfinite_patience),
             checkpoint=CheckpointConfig(out_dir=Path(a.out_dir), save_weight=a.save_weight,
                                         from_weight=a.from_weight, from_resume=bool(a.from_resume),
                                         save_interval=a.save_interval, log_interval=a.log_interval,
-                                        use_wandb=a.use_wandb),
+                                        use_wandb=a.use_wandb, overwrite=a.overwrite,
+                                        resume_accept=tuple(filter(None, a.resume_accept.split(",")))),
             mesh=MeshConfig(spec=a.mesh, coordinator_address=a.coordinator_address, num_processes=a.num_processes,
-                            process_id=a.process_id),
+                            process_id=a.process_id, timeout=a.distributed_timeout),
             rollout=RolloutConfig(max_gen_len=a.max_gen_len, num_generations=a.num_generations,
                                   temperature=a.rollout_temperature, top_p=a.rollout_top_p, top_k=a.rollout_top_k,
                                   dtype=a.rollout_dtype),
             reward=RewardConfig(reasoning=bool(a.reasoning), answer_weight=a.answer_reward,
                                 reward_model=a.reward_model, reward_fn=a.reward_fn),
-            lora=LoraConfig(name=a.lora_name, rank=a.lora_rank, init=a.lora_init),
+            lora=LoraConfig(name=a.lora_name, rank=LoraConfig.rank if a.lora_rank is None else a.lora_rank,
+                            init=a.lora_init),
             distill=DistillConfig(alpha=a.alpha, temperature=a.temperature,
                                   from_student_weight=a.from_student_weight,
                                   from_teacher_weight=a.from_teacher_weight,
-                                  teacher_hidden_size=a.teacher_hidden_size, teacher_num_layers=a.teacher_num_layers),
+                                  teacher_hidden_size=a.teacher_hidden_size, teacher_num_layers=a.teacher_num_layers,
+                                  teacher_use_moe=None if a.teacher_use_moe is None else bool(a.teacher_use_moe)),
             objective=ObjectiveConfig(beta=a.beta, dpo_sum_logps=bool(a.dpo_sum_logps), clip_epsilon=a.clip_epsilon,
                                       vf_coef=a.vf_coef, kl_coef=a.kl_coef,
                                       critic_learning_rate=a.critic_learning_rate,
@@ -261,7 +293,7 @@ def model_config(a: Namespace) -> MiniMindConfig:
         if flag in overrides:
             _positive(flag, overrides[flag])
     try:
-        return MiniMindConfig.from_preset(a.preset, **overrides)
+        return MiniMindConfig.from_preset(a.preset, generation=a.minimind, **overrides)
     except ValueError as e:
-        raise UsageError(f"--preset {a.preset} {' '.join(f'--{k} {v}' for k, v in overrides.items())}: "
-                         f"{str(e).removeprefix('MiniMindConfig: ')}") from None
+        given = " ".join([f"--minimind {a.minimind}"] * (a.minimind != 2) + [f"--{k} {v}" for k, v in overrides.items()])
+        raise UsageError(f"--preset {a.preset} {given}: {str(e).removeprefix('MiniMindConfig: ')}") from None

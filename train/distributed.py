@@ -9,6 +9,8 @@ Resuming on another device count, host count or mesh needs no conversion: `--bat
 reads the same rows whatever the layout, and Orbax restores the state into the new run's shardings.
 """
 import os
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -37,21 +39,40 @@ def launcher() -> str | None:
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, timeout: int = 300, bind_address: str | None = None) -> bool:
     """Join the other processes (explicit flags, else a detected launcher); False when this is the only one.
 
-    Must run before anything touches a device. On CPU, cross-process collectives need gloo: the default in recent
-    jax, set here for the versions whose CPU client had none. The option only concerns the CPU client, so it is
-    harmless on GPU and TPU.
+    Must run before anything touches a device. Process 0's coordinator listens on the address given
+    (`--coordinator_address host:port`), not on every interface: `--coordinator_bind_address 0.0.0.0:port` binds
+    wider where the hosts reach process 0 through another interface. A process that does not hear from all the
+    others within `timeout` seconds fails with one line naming the coordinator.
+
+    On CPU, cross-process collectives need gloo: the default in recent jax, set here for the versions whose CPU
+    client had none. The option only concerns the CPU client, so it is harmless on GPU and TPU.
     """
     explicit = coordinator_address is not None or num_processes is not None or process_id is not None
     if not explicit and launcher() is None:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    bind = bind_address or coordinator_address
+    message = (f"error: --coordinator_address {coordinator_address}: the {num_processes or '?'} processes did not "
+               f"all join within {timeout} s; start every process with the same --coordinator_address and "
+               f"--num_processes (process 0 first reachable there), or raise --distributed_timeout")
+    # The runtime aborts the whole process (a C++ fatal error, no Python exception) when its own timeout expires,
+    # so a watchdog with a shorter fuse says what happened in one line first.
+    watchdog = threading.Timer(timeout, lambda: (print(message, file=sys.stderr, flush=True), os._exit(2)))
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id,
+                                   initialization_timeout=timeout + 30, coordinator_bind_address=bind)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--coordinator_address/--num_processes/--process_id: {e}") from None
+    except Exception as e:          # the runtime's own error type: a refused connection, a bad address
+        first = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+        raise UsageError(f"{message.removeprefix('error: ')} ({first[:200]})") from None
+    finally:
+        watchdog.cancel()
     return True
 
 

@@ -3,35 +3,56 @@
 Step k of a run always sees the same rows, RNG and learning rate whether or not the run was stopped before it:
 the order of an epoch is a pure function of (seed, epoch), the position is derived from the step, and the RNG
 and the stage's state live in the checkpointed TrainState.
+
+Nothing is lost: the run directory is locked while a run uses it; a fresh run never deletes an earlier run's
+checkpoints unless told to (--overwrite); a resumed run must be the same run (its identity is stored with every
+checkpoint and compared); a damaged newest checkpoint is skipped for the next older one; a non-finite step is never
+applied (the step guards itself) and after --nonfinite_patience of them in a row the run stops with its last good
+weights saved; SIGTERM and SIGINT end the current step, save a checkpoint and exit.
 """
 import dataclasses
 import json
 import math
 import shutil
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from minimind_jax import MiniMindForCausalLM, get_policy
-from minimind_jax.data import SAMPLE_DIR, epoch_permutation, num_batches
-from minimind_jax.paths import weight_dir
-from minimind_jax.tokenizer import Tokenizer
+from minimind_jax import MiniMindForCausalLM, count_params, get_policy
+from minimind_jax.data import SAMPLE_DIRS, epoch_permutation, num_batches, open_dataset
+from minimind_jax.paths import WEIGHTS_FILE, weight_dir
+from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from train import checkpoint, optim, rng
-from train.batches import split_batch, step_rows
-from train.config import TrainConfig
+from train.batches import Rows, split_batch, step_rows
+from train.config import RESUME_ACCEPTABLE, TrainConfig
 from train.distributed import host_copy, sync
 from train.errors import UsageError
+from train.lock import RunLock
 from train.mesh import make_mesh, process_rows, replicated, state_sharding, to_global
-from train.metrics import MetricsLog, summary
+from train.metrics import MetricsLog, duration, summary
 from train.rollout import make_scorer
 from train.stage import Run, Stage
 from train.state import LossScale, TrainState
 from train.step import make_train_step
 from train.weights import write_export
+
+
+class Diverged(UsageError):
+    """--nonfinite stop: too many non-finite steps in a row (the last good weights are saved)."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived: the run saved a checkpoint and ends (exit code 128 + the signal)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 def resolve_dtype(name: str) -> str:
@@ -42,10 +63,16 @@ def resolve_dtype(name: str) -> str:
 
 def build_run(stage: Stage, config: TrainConfig) -> Run:
     cfg, d = config.model, config.data
+    if cfg.generation not in stage.generations:
+        raise UsageError(f"--stage {stage.name} is not implemented for --minimind {cfg.generation} (it is for "
+                         f"{', '.join(map(str, stage.generations))})")
     try:
-        tokenizer = Tokenizer.load(d.tokenizer)
+        tokenizer = Tokenizer.load(d.tokenizer or (SAMPLE3_TOKENIZER_DIR if cfg.generation == 3 else None))
     except (OSError, ValueError, ImportError) as e:
         raise UsageError(f"--tokenizer {d.tokenizer}: {e}") from None
+    if tokenizer.generation != cfg.generation:
+        raise UsageError(f"--tokenizer {d.tokenizer}: a MiniMind-{tokenizer.generation} tokenizer (its chat template) "
+                         f"for a --minimind {cfg.generation} model; pass the matching tokenizer or leave the default")
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UsageError(f"tokenizer {d.tokenizer or 'data/sample/tokenizer'} has {tokenizer.vocab_size} ids but the "
                          f"model's vocab_size is {cfg.vocab_size}: use a matching tokenizer or preset")
@@ -54,7 +81,7 @@ def build_run(stage: Stage, config: TrainConfig) -> Run:
         mesh = make_mesh(config.mesh.spec)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    data_path = d.path or SAMPLE_DIR / stage.data_file
+    data_path = d.path or SAMPLE_DIRS[cfg.generation] / stage.data_file
     score = make_scorer(config, tokenizer) if stage.rollouts else None
     return Run(config=config, model=model, tokenizer=tokenizer, mesh=mesh,
                run_dir=weight_dir(config.checkpoint.out_dir, config.checkpoint.save_weight, cfg),
@@ -95,6 +122,8 @@ class Session:
     steps_per_epoch: int
     total_steps: int
     stop: int                     # the step this invocation ends at (--max_steps or the end of --epochs)
+    identity: dict                # what makes this run this run (stored with every checkpoint)
+    accepted: dict                # identity fields that differ from the resumed checkpoint's, as the user accepted
 
 
 def make_batch(s: Session, state: TrainState, step: int) -> tuple[dict, dict, dict | None]:
@@ -112,22 +141,46 @@ def make_batch(s: Session, state: TrainState, step: int) -> tuple[dict, dict, di
     return to_global(arrays, s.run.mesh), info, extra
 
 
-def setup(stage: Stage, config: TrainConfig) -> Session:
-    """Build the run, read the data, create (or restore with --from_resume 1) the state, and jit the step."""
-    run = build_run(stage, config)
-    mesh, o, d = run.mesh, config.optim, config.data
-    _check_mesh(stage, config, mesh)
-    if not run.data_path.exists():
+def run_identity(stage: Stage, config: TrainConfig, run: Run, dataset) -> dict:
+    """What a checkpoint must share with a run to be resumed by it (see config.RESUME_ACCEPTABLE)."""
+    o = config.optim
+    return {"stage": stage.name, "model": config.model.to_dict(), "tokenizer": run.tokenizer.fingerprint[:16],
+            "data": dataset.fingerprint, "seed": config.seed, "batch_size": o.batch_size,
+            "accumulation_steps": o.accumulation_steps, "learning_rate": o.learning_rate, "epochs": o.epochs,
+            "grad_clip": o.grad_clip, "dtype": resolve_dtype(o.dtype),
+            "objective": dataclasses.asdict(config.objective)}
+
+
+def _open_dataset(stage: Stage, run: Run):
+    d = run.config.data
+    if not run.data_path.is_file():
         raise UsageError(f"--data_path {run.data_path}: no such file")
-    dataset = stage.dataset(run.data_path, run.tokenizer, d.max_seq_len, skip_bad_lines=d.skip_bad_lines,
-                            cache_dir=d.cache_dir)
+    try:
+        ds = open_dataset(stage.dataset, run.data_path, run.tokenizer, d.max_seq_len, seed=run.config.seed,
+                          skip_bad_lines=d.skip_bad_lines, cache_dir=d.cache_dir, add_system_ratio=d.add_system_ratio,
+                          empty_think_ratio=d.empty_think_ratio, thinking_ratio=d.thinking_ratio)
+        return ds if stage.train_rows is None else Rows(ds, stage.train_rows(len(ds)))
+    except OSError as e:      # unreadable file, unwritable cache directory
+        raise UsageError(f"--data_path {run.data_path}: {e.strerror or e} ({e.filename or run.data_path})") from None
+
+
+def setup(stage: Stage, config: TrainConfig) -> Session:
+    """Build the run, read the data, create (or restore with --from_resume 1) the state, and jit the step.
+
+    Cheap checks come first (flags, mesh, the weights to start from), so a mistake is reported before the data is
+    tokenized or anything is compiled."""
+    run = build_run(stage, config)
+    mesh, o, ck = run.mesh, config.optim, config.checkpoint
+    _check_mesh(stage, config, mesh)
+    _check_fresh_start(run)
+    params, frozen = stage.init(run)
+    dataset = _open_dataset(stage, run)
     steps_per_epoch = num_batches(len(dataset), o.global_batch)
     total_steps = o.epochs * steps_per_epoch
     stop = min(total_steps, o.max_steps) if o.max_steps else total_steps
 
-    params, frozen = stage.init(run)
-    schedule = stage.schedule(run, total_steps)
-    tx = stage.optimizer(run, total_steps) if stage.optimizer else optim.adamw(schedule, o.grad_clip)
+    schedule = stage.schedule(run, total_steps, len(dataset))
+    tx = stage.optimizer(run, total_steps, len(dataset)) if stage.optimizer else optim.adamw(schedule, o.grad_clip)
     extra = stage.init_extra(run, params, frozen, dataset)
     if resolve_dtype(o.dtype) == "float16":
         extra = {**extra, "loss_scale": LossScale.create()}
@@ -135,37 +188,97 @@ def setup(stage: Stage, config: TrainConfig) -> Session:
     state_shardings = state_sharding(state, mesh)
     state = jax.device_put(state, state_shardings)
     frozen = jax.device_put(frozen, state_sharding(frozen, mesh))
-    if config.checkpoint.from_resume:
-        state = _restore(run, state, o.global_batch)
-    else:
+    identity = run_identity(stage, config, run, dataset)
+    accepted = {}
+    if ck.from_resume:
+        state, accepted = _restore(run, state, identity)
+    elif ck.overwrite:
         _clear_checkpoints(run)
     update_extra = stage.update_extra(run) if stage.update_extra else None
     step_fn = jax.jit(make_train_step(stage.make_loss(run), tx, update_extra), donate_argnums=0,
                       out_shardings=(state_shardings, replicated(mesh)))
-    return Session(stage, run, dataset, state, frozen, step_fn, schedule, steps_per_epoch, total_steps, stop)
+    return Session(stage, run, dataset, state, frozen, step_fn, schedule, steps_per_epoch, total_steps, stop,
+                   identity, accepted)
+
+
+def _has_checkpoints(run: Run) -> bool:
+    ckpt = run.run_dir / "checkpoints"
+    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
+def _check_fresh_start(run: Run) -> None:
+    """A fresh run must not silently replace an earlier run's checkpoints."""
+    ck = run.config.checkpoint
+    if not ck.from_resume and not ck.overwrite and _has_checkpoints(run):
+        raise UsageError(f"{run.run_dir / 'checkpoints'} holds an earlier run's checkpoints: continue it with "
+                         f"--from_resume 1, replace it with --overwrite, or pick another --out_dir/--save_weight")
 
 
 def _clear_checkpoints(run: Run) -> None:
-    """A fresh run replaces an earlier run's checkpoints (as the reference overwrites its resume file), so that a
-    later --from_resume 1 can never continue a mixture of two runs."""
+    """--overwrite: the earlier run's checkpoints go (so a later --from_resume 1 can never continue a mixture of two
+    runs)."""
     ckpt = run.run_dir / "checkpoints"
     if jax.process_index() == 0 and ckpt.exists() and any(ckpt.iterdir()):
-        print(f"starting afresh (--from_resume 0): removing the earlier run's checkpoints in {ckpt}")
+        print(f"--overwrite: removing the earlier run's checkpoints in {ckpt}")
         shutil.rmtree(ckpt)
     sync("checkpoints cleared")      # no process may open the checkpoint directory before it is cleared
 
 
-def _restore(run: Run, state: TrainState, global_batch: int) -> TrainState:
-    restored = checkpoint.restore_latest(checkpoint.manager(run.run_dir / "checkpoints"), state)
+def identity_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """{field: (checkpoint's, this run's)} of every identity field that differs."""
+    return {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+
+
+def _describe(field: str, values: tuple) -> str:
+    old, new = values
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = [f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        return f"{field} ({', '.join(parts[:4])}{', ...' if len(parts) > 4 else ''})"
+    return f"{field} {old} -> {new}"
+
+
+def _restore(run: Run, state: TrainState, identity: dict) -> tuple[TrainState, dict]:
+    """The newest whole checkpoint of this same run (and the identity changes the user accepted)."""
+    ckpt, accept = run.run_dir / "checkpoints", set(run.config.checkpoint.resume_accept)
+    accepted = {}
+
+    def check(meta: dict) -> None:
+        saved = meta.get("identity")
+        if saved is None:
+            raise UsageError(f"--from_resume: {ckpt} was written by an older version of this trainer (no run "
+                             f"identity); start afresh with --overwrite")
+        changes = identity_changes(saved, identity)
+        refused = {k: v for k, v in changes.items() if k not in accept}
+        if refused:
+            what = "; ".join(_describe(k, v) for k, v in refused.items())
+            if set(refused) <= set(RESUME_ACCEPTABLE):
+                raise UsageError(f"--from_resume: this run differs from the checkpoint's in {what}: accept with "
+                                 f"--resume_accept {','.join(refused)}")
+            raise UsageError(f"--from_resume: this run differs from the checkpoint's in {what}: that is another run "
+                             f"(use another --out_dir or --save_weight, or --overwrite to replace this one)")
+        accepted.update(changes)
+
+    result = checkpoint.restore_newest_whole(checkpoint.manager(ckpt), state, check)
+    if result is None:
+        print(f"--from_resume 1: no checkpoint in {ckpt}; starting from step 0")
+        return state, {}
+    restored, meta, skipped = result
     if restored is None:
-        print(f"--from_resume 1: no checkpoint in {run.run_dir / 'checkpoints'}; starting from step 0")
-        return state
-    state, meta = restored
-    if meta.get("global_batch") != global_batch:
-        raise UsageError(f"--from_resume: the checkpoint was written with a global batch of {meta.get('global_batch')} "
-                         f"rows per step, this run uses {global_batch} (batch_size x accumulation_steps must match "
-                         f"to continue the data order)")
-    return state
+        raise UsageError(f"--from_resume: no checkpoint in {ckpt} restores whole (newest: {skipped[0][0]}, "
+                         f"{skipped[0][1]}); start afresh with --overwrite")
+    aside = run.run_dir / "checkpoints.damaged"
+    for step, reason in skipped:
+        # Out of the way of the steps this run will save again, but kept: a damaged file is evidence.
+        if jax.process_index() == 0:
+            aside.mkdir(exist_ok=True)
+            shutil.move(str(ckpt / str(step)), str(aside / f"{step}.{int(time.time())}"))
+        print(f"--from_resume: skipped checkpoint {step} (does not restore whole: {reason}); moved to {aside}",
+              file=sys.stderr)
+    sync("damaged checkpoints moved")
+    step = int(jax.device_get(restored.step))
+    print(f"resumed from step {step} ({ckpt / str(step)})"
+          + (f"; accepted changes: {'; '.join(_describe(k, v) for k, v in accepted.items())}" if accepted else ""))
+    return restored, accepted
 
 
 def _config_record(config: TrainConfig) -> dict:
@@ -185,62 +298,177 @@ def _config_record(config: TrainConfig) -> dict:
 StepCallback = Callable[[Session, int, dict], bool | None]
 
 
+class _Signals:
+    """SIGTERM / SIGINT set a flag the loop reads between steps (the step in flight finishes first)."""
+
+    def __init__(self):
+        self.received, self._previous = None, {}
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:         # a second signal: the user insists
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _start_message(s: Session, start: int) -> str:
+    c, o = s.run.config, s.run.config.optim
+    n = count_params(s.state.params)
+    lines = [f"{s.stage.name}: {c.model.hidden_size}x{c.model.num_hidden_layers}{' MoE' if c.model.use_moe else ''}, "
+             f"{n / 1e6:.2f}M trainable params, {resolve_dtype(o.dtype)}, {len(s.dataset):,} rows of {s.run.data_path}",
+             f"  {s.stop - start} steps ({start} -> {s.stop} of {s.total_steps}: {o.epochs} epoch(s) x "
+             f"{s.steps_per_epoch}), batch {o.batch_size} x accumulation {o.accumulation_steps}, lr {o.learning_rate:g}, "
+             f"seq {c.data.max_seq_len}, seed {c.seed}, mesh {dict(s.run.mesh.shape)}",
+             f"  writing to {s.run.run_dir}"]
+    return "\n".join(lines)
+
+
+def _short_data_warning(s: Session) -> str | None:
+    """A data set that gives fewer optimizer steps than the user seems to expect deserves a word."""
+    o = s.run.config.optim
+    if o.max_steps and s.total_steps < o.max_steps:
+        return (f"warning: --max_steps {o.max_steps} but {len(s.dataset)} rows at {o.global_batch} per step x "
+                f"{o.epochs} epoch(s) give only {s.total_steps} steps (raise --epochs, or lower --batch_size / "
+                f"--accumulation_steps)")
+    if s.steps_per_epoch == 1 and len(s.dataset) < o.global_batch:
+        return (f"warning: {len(s.dataset)} rows < {o.global_batch} per step (batch {o.batch_size} x accumulation "
+                f"{o.accumulation_steps}): each epoch is one step that repeats rows")
+    return None
+
+
 def train(stage: Stage, config: TrainConfig, callback: StepCallback | None = None) -> Session:
     """Run one stage to the end (or to --max_steps, or until `callback` says stop); session.run.run_dir then holds
     its outputs."""
+    run_dir = weight_dir(config.checkpoint.out_dir, config.checkpoint.save_weight, config.model)
+    lock = RunLock(run_dir).acquire() if jax.process_index() == 0 else None
+    try:
+        return _train(stage, config, callback)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> Session:
     s = setup(stage, config)
     run, o, ck = s.run, config.optim, config.checkpoint
+    main = jax.process_index() == 0
     start = int(jax.device_get(s.state.step))
     mgr = checkpoint.manager(run.run_dir / "checkpoints")
-    log = MetricsLog(run.run_dir / "metrics.jsonl", resume_step=start, enabled=jax.process_index() == 0,
+    log = MetricsLog(run.run_dir / "metrics.jsonl", resume_step=start, enabled=main,
                      tracker="wandb" if ck.use_wandb else None, run_name=run.run_dir.name,
                      config=_config_record(config))
+    if main:
+        print(_start_message(s, start))
+        warning = _short_data_warning(s)
+        if warning:
+            print(warning, file=sys.stderr)
+        if s.accepted:
+            log.write({"step": start, "event": "resumed with changed settings",
+                       **{f"changed_{k}": json.dumps(v) for k, v in s.accepted.items()}})
     bar = tqdm(total=s.stop, initial=start, desc=stage.name, unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0 or not sys.stderr.isatty())   # logs get the summary lines only
+               disable=not main or not sys.stderr.isatty())   # logs get the summary lines only
     tokens_per_step = o.global_batch * (config.data.max_seq_len - 1)
-    step, t_last, s_last = start, time.perf_counter(), start
+    step, t0, t_last, s_last = start, time.perf_counter(), time.perf_counter(), start
+    bad_at_save = int(jax.device_get(s.state.nonfinite_total))
+    pending = None              # the previous step's (step, metrics): read once the next step is queued
+    t_first = None              # when this invocation's first step was dispatched (compiled)
+
+    def check_finite(step_done: int, metrics) -> None:
+        streak = int(jax.device_get(metrics["nonfinite_streak"]))
+        if streak and o.nonfinite == "stop" and streak >= o.nonfinite_patience:
+            raise Diverged(f"step {step_done}: loss or gradients not finite for {streak} steps in a row (from step "
+                           f"{step_done - streak + 1}); those steps were not applied and the weights of step "
+                           f"{step_done - streak} are saved. Lower --learning_rate and resume: --from_resume 1 "
+                           f"--resume_accept learning_rate (or --nonfinite skip to carry on)")
+
+    def save() -> None:
+        nonlocal bad_at_save
+        total = int(jax.device_get(s.state.nonfinite_total))
+        epoch, in_epoch = divmod(int(jax.device_get(s.state.step)), s.steps_per_epoch)
+        checkpoint.save(mgr, s.state, {"stage": stage.name, "identity": s.identity, "global_batch": o.global_batch,
+                                       "steps_per_epoch": s.steps_per_epoch, "epoch": epoch,
+                                       "batch_in_epoch": in_epoch, "num_processes": jax.process_count(),
+                                       "nonfinite_steps": total},
+                        healthy=total == bad_at_save)
+        bad_at_save = total
+        _write_export(run, stage, s.state, s.frozen)
+
     if callback is not None:
         callback(s, start, {})
-    while step < s.stop:
-        batch, info, extra = make_batch(s, s.state, step)
-        if extra is not None:
-            s.state = s.state.replace(extra=extra)
-        t_update = time.perf_counter()
-        s.state, metrics = s.step_fn(s.state, batch, s.frozen)
-        if stage.rollouts:        # the next rollout waits for these params anyway, so timing the update costs nothing
-            jax.block_until_ready(metrics)
-            info = {**info, "update_s": time.perf_counter() - t_update}
-        step += 1
-        bar.update(1)
-        logged = step % ck.log_interval == 0 or step == s.stop
-        if logged or callback is not None:
-            record = {"step": step, "epoch": (step - 1) // s.steps_per_epoch,
-                      **{k: float(v) for k, v in jax.device_get(metrics).items()}, **info,
-                      "lr": float(s.schedule(step - 1))}
-        if logged:
-            now = time.perf_counter()
-            record.update(tokens_per_s=tokens_per_step * (step - s_last) / (now - t_last), time=time.time())
-            t_last, s_last = now, step
-            log.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                            tok_s=f"{record['tokens_per_s']:.0f}")
-            tqdm.write(summary(record))
-        stopped = callback is not None and bool(callback(s, step, record))
-        if step % ck.save_interval == 0 or step == s.stop or stopped:
-            epoch, in_epoch = divmod(step, s.steps_per_epoch)
-            checkpoint.save(mgr, s.state, {"stage": stage.name, "global_batch": o.global_batch,
-                                           "steps_per_epoch": s.steps_per_epoch, "epoch": epoch,
-                                           "batch_in_epoch": in_epoch, "num_processes": jax.process_count(),
-                                           "config": config.model.to_dict()})
-            _write_export(run, stage, s.state, s.frozen)
-        if stopped:
-            break
-    bar.close()
+    with _Signals() as signals:
+        try:
+            while step < s.stop:
+                batch, info, extra = make_batch(s, s.state, step)
+                if extra is not None:
+                    s.state = s.state.replace(extra=extra)
+                t_update = time.perf_counter()
+                s.state, metrics = s.step_fn(s.state, batch, s.frozen)
+                if pending is not None:
+                    check_finite(*pending)
+                if stage.rollouts:     # the next rollout waits for these params anyway: timing the update is free
+                    jax.block_until_ready(metrics)
+                    info = {**info, "update_s": time.perf_counter() - t_update}
+                step += 1
+                pending = (step, metrics)
+                if step == start + 1:       # the first step compiles: the rate for the ETA is measured from its end
+                    t_first = time.perf_counter()
+                bar.update(1)
+                logged = step % ck.log_interval == 0 or step == s.stop
+                if logged or callback is not None:
+                    record = {"step": step, "epoch": (step - 1) // s.steps_per_epoch,
+                              **{k: float(v) for k, v in jax.device_get(metrics).items()}, **info,
+                              "lr": float(s.schedule(step - 1))}
+                if logged:
+                    now = time.perf_counter()
+                    elapsed = now - t0
+                    record.update(tokens_per_s=tokens_per_step * (step - s_last) / (now - t_last), time=time.time())
+                    t_last, s_last = now, step
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                    eta = duration((now - t_first) / (step - start - 1) * (s.stop - step)) if step - start > 1 else "?"
+                    head = (f"step {step}/{s.stop} · epoch {(step - 1) // s.steps_per_epoch + 1}/{o.epochs} · "
+                            f"{duration(elapsed)} elapsed · ETA {eta}")
+                    tqdm.write(summary(record, head=head))
+                stopped = callback is not None and bool(callback(s, step, record))
+                if signals.received is not None or step % ck.save_interval == 0 or step == s.stop or stopped:
+                    check_finite(*pending)
+                    save()
+                if signals.received is not None:
+                    name = signal.Signals(signals.received).name
+                    raise Interrupted(signals.received, f"{name} at step {step}: checkpoint saved in "
+                                                        f"{run.run_dir / 'checkpoints'}; continue with --from_resume 1")
+                if stopped:
+                    break
+        except Diverged:
+            if step > start:
+                save()                         # the state holds the last good weights: bad steps were not applied
+            raise
+        finally:
+            bar.close()
+    if pending is not None:
+        check_finite(*pending)
     if start >= s.stop:
         print(f"{stage.name}: already at step {start} of {s.stop}; nothing to do")
-        _write_export(run, stage, s.state, s.frozen)
-    if stage.evaluate is not None and jax.process_index() == 0:
+        if main and not (run.run_dir / WEIGHTS_FILE).exists():
+            _write_export(run, stage, s.state, s.frozen)
+    if stage.evaluate is not None and main:
         report = stage.evaluate(run, s.state, s.frozen)
         (run.run_dir / "eval.json").write_text(json.dumps(report, indent=1))
         print(f"{stage.name} evaluation: " + ", ".join(f"{k} {v:.4g}" for k, v in report.items()))
+    if main:
+        skipped = int(jax.device_get(s.state.nonfinite_total))
+        print(f"{stage.name}: saved to {run.run_dir / WEIGHTS_FILE}"
+              + (f" ({skipped} non-finite steps skipped)" if skipped else ""))
     return s

@@ -5,8 +5,13 @@ from pathlib import Path
 
 
 def _clean(v):
+    """JSON has no NaN or infinity: they are written as the strings "nan", "inf", "-inf" (never null, which would
+    hide a divergence); `read` turns them back into floats."""
     v = float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 class MetricsLog:
@@ -50,12 +55,25 @@ def _open_tracker(name: str, run_name: str, config: dict):
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    """The records of a metrics.jsonl, non-finite values as floats again."""
+    records = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    return [{k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
 
 
-def summary(record: dict, keys=("loss", "lr", "tokens_per_s")) -> str:
-    head = f"step {record['step']} epoch {record['epoch']}"
+def duration(seconds: float) -> str:
+    """'42s', '7m05s', '3h12m'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def summary(record: dict, keys=("loss", "lr", "tokens_per_s"), head: str | None = None) -> str:
+    head = head or f"step {record['step']} epoch {record['epoch']}"
     parts = [f"{k} {record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float))]
     parts += [f"{k} {v:.4g}" for k, v in record.items()
-              if k not in keys and k not in ("step", "epoch", "time") and isinstance(v, float)]
+              if k not in keys and k not in ("step", "epoch", "time") and isinstance(v, float)
+              and not (k == "nonfinite_streak" and v == 0)]
     return " | ".join([head, *parts])

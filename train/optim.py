@@ -25,6 +25,20 @@ def sft_schedule(lr: float, total_micro_steps: int, accumulation_steps: int = 1)
     return schedule
 
 
+def sft_schedule3(lr: float, micro_per_epoch: int, epochs: int, accumulation_steps: int) -> optax.Schedule:
+    """MiniMind-3's indexing of the same cosine: the optimizer steps at micro-steps A, 2A, ... of each epoch (counted
+    from 1) and once more after an epoch's last micro-batch when A does not divide the epoch, each update at the rate
+    of its micro-step. So update j of an epoch runs at micro-step min((j + 1) A, micro_per_epoch)."""
+    A, iters = accumulation_steps, micro_per_epoch
+    per_epoch = -(-iters // A)
+
+    def schedule(k):
+        epoch, j = jnp.divmod(k, per_epoch)
+        s = epoch * iters + jnp.minimum((j + 1) * A, iters)
+        return lr * (0.1 + 0.45 * (1.0 + jnp.cos(math.pi * s / (epochs * iters))))
+    return schedule
+
+
 def rl_schedule(lr: float, total_steps: int) -> optax.Schedule:
     """torch CosineAnnealingLR(T_max=total_steps, eta_min=lr/10) over optimizer steps."""
     eta_min = lr / 10

@@ -22,16 +22,25 @@ TINY = {
 }
 
 
+# MiniMind-3's chat rows carry tool schemas (~130 tokens each) and think blocks: a longer window keeps their answers.
+TINY3 = {"full_sft": dict(max_seq_len=256), "lora": dict(max_seq_len=256), "distillation": dict(max_seq_len=256),
+         "dpo": dict(max_seq_len=256)}
+
+
 def stage_plan(args, given: set[str]) -> list[tuple[str, dict]]:
-    """[(stage, overrides)] for `--stage all`: the tiny demo's settings unless a flag was given explicitly; the
-    pipeline trains one model size, so distillation's teacher is that size's full_sft model."""
+    """[(stage, overrides)] for `--stage all`: the stages of the run's MiniMind generation, with the tiny demo's
+    settings unless a flag was given explicitly; the pipeline trains one model size, so distillation's teacher is
+    that size's full_sft model."""
     from train.config import model_config
     cfg = model_config(args)
     plan = []
-    for name in [n for n in PIPELINE if n in stages.available()]:
-        overrides = {k: v for k, v in TINY.get(name, {}).items() if k not in given} if args.preset == "tiny" else {}
+    for name in [n for n in PIPELINE if n in stages.available() and cfg.generation in stages.get(n).generations]:
+        tiny = {**TINY.get(name, {}), **(TINY3.get(name, {}) if cfg.generation == 3 else {})}
+        overrides = {k: v for k, v in tiny.items() if k not in given} if args.preset == "tiny" else {}
         if name == "distillation":
             overrides.setdefault("teacher_hidden_size", args.teacher_hidden_size or cfg.hidden_size)
             overrides.setdefault("teacher_num_layers", args.teacher_num_layers or cfg.num_hidden_layers)
+            overrides.setdefault("teacher_use_moe", int(cfg.use_moe) if args.teacher_use_moe is None
+                                 else args.teacher_use_moe)
         plan.append((name, overrides))
     return plan

@@ -12,8 +12,10 @@ def config_of(flags: argparse.Namespace):
     """The typed configuration of a namespace for one stage: the stage's defaults under the flags given."""
     from train import stages
     from train.config import TrainConfig
+    flags = argparse.Namespace(**{**vars(flags), "stage": canonical_stage(flags.stage, flags.spo_mode)})
     stage = stages.get(flags.stage)
-    return stage, TrainConfig.from_flags(with_defaults(flags, stage.defaults))
+    defaults = {**stage.defaults, **stage.defaults3} if flags.minimind == 3 else stage.defaults
+    return stage, TrainConfig.from_flags(with_defaults(flags, defaults))
 
 
 def run_stage(flags: argparse.Namespace, callback=None):
@@ -40,9 +42,11 @@ def main(argv=None) -> None:
     flags.stage = canonical_stage(flags.stage, flags.spo_mode)
     from minimind_jax.data import DataError
     from train.distributed import initialize
+    from train.engine import Interrupted
     from train.errors import UsageError
     try:
-        initialize(flags.coordinator_address, flags.num_processes, flags.process_id)   # before any device is touched
+        initialize(flags.coordinator_address, flags.num_processes, flags.process_id,   # before any device is touched
+                   timeout=flags.distributed_timeout, bind_address=flags.coordinator_bind_address)
         if flags.stage == "all":
             run_pipeline(flags, explicit_flags(argv))
         else:
@@ -50,6 +54,9 @@ def main(argv=None) -> None:
     except (UsageError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

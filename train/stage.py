@@ -38,12 +38,16 @@ def init_full(run: Run):
     return start_params(run.config), {}
 
 
-def sft_schedule(run: Run, total_steps: int) -> optax.Schedule:
+def sft_schedule(run: Run, total_steps: int, rows: int) -> optax.Schedule:
+    """The reference's per-micro-batch cosine, at the indexing of the run's MiniMind generation."""
     o = run.config.optim
+    if run.config.model.generation == 3:
+        micro_per_epoch = -(-rows // o.batch_size)                      # the reference's batches per epoch
+        return optim.sft_schedule3(o.learning_rate, micro_per_epoch, o.epochs, o.accumulation_steps)
     return optim.sft_schedule(o.learning_rate, total_steps * o.accumulation_steps, o.accumulation_steps)
 
 
-def rl_schedule(run: Run, total_steps: int) -> optax.Schedule:
+def rl_schedule(run: Run, total_steps: int, rows: int) -> optax.Schedule:
     return optim.rl_schedule(run.config.optim.learning_rate, total_steps)
 
 
@@ -60,10 +64,10 @@ class Stage:
     name: str
     defaults: dict                          # the reference's defaults, by flag name; flags given win
     data_file: str                          # in the embedded sample, used when --data_path is not given
-    dataset: Callable                       # (path, tokenizer, max_seq_len, skip_bad_lines=, cache_dir=) -> data set
+    dataset: str                            # what the rows are: 'pretrain', 'sft', 'dpo', 'rlaif' (data.open_dataset)
     make_loss: Callable[[Run], Callable]    # run -> loss_fn(params, batch, rng, frozen, extra) -> (loss, metrics)
     init: Callable = init_full              # run -> (trainable params, frozen pytree)
-    schedule: Callable = sft_schedule       # (run, total optimizer steps) -> lr(step), also what is logged
+    schedule: Callable = sft_schedule       # (run, total optimizer steps, rows) -> lr(step), also what is logged
     export: Callable = export_full          # (run, params, frozen) -> {reference name: array}
     init_extra: Callable = _no_extra        # (run, params, frozen, dataset) -> the stage's own state, checkpointed
     optimizer: Callable | None = None       # (run, total steps) -> optax transformation; None: AdamW on `schedule`
@@ -73,6 +77,9 @@ class Stage:
     update_extra: Callable | None = None    # (run) -> fn(extra, params, batch, step) -> extra, inside the jit
     evaluate: Callable | None = None        # (run, state, frozen) -> {metric: float}, after training (eval.json)
     single_process: str | None = None       # why the stage cannot span processes yet (None: it can)
+    train_rows: Callable | None = None      # rows -> the rows it trains on (the rest held out), None: all
+    defaults3: dict = dataclasses.field(default_factory=dict)   # MiniMind-3's defaults where they differ
+    generations: tuple[int, ...] = (2, 3)   # the model generations the stage implements
 
     @property
     def rollouts(self) -> bool:

@@ -14,11 +14,14 @@ class TrainState:
     rng: jax.Array        # uint32 [2] raw key of the "train" stream, split once per step: plain arrays checkpoint
                           # everywhere
     extra: dict           # the stage's own state: SPO tracker, PPO old actor, fp16 loss scale, ...
+    nonfinite_streak: jax.Array   # int32 []  consecutive steps not applied because loss or gradients were not finite
+    nonfinite_total: jax.Array    # int32 []  all such steps of the run
 
     @classmethod
     def create(cls, params, tx, key: jax.Array, extra: dict | None = None) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=key,
-                   extra=extra or {})
+        zero = lambda: jnp.zeros((), jnp.int32)        # one buffer each: the step donates every leaf
+        return cls(step=zero(), params=params, opt_state=tx.init(params), rng=key, extra=extra or {},
+                   nonfinite_streak=zero(), nonfinite_total=zero())
 
 
 @flax.struct.dataclass

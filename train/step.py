@@ -53,19 +53,34 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, update_extra=None
             grads = jax.tree.map(lambda g: g / num_micro, grads)
             metrics = jax.tree.map(jnp.mean, metrics)
 
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         extra = dict(state.extra)
-        if loss_scale is not None:  # fp16: an overflowing step changes nothing but the scale
-            finite = _tree_all_finite(grads)
-            params = _select(finite, params, state.params)
-            opt_state = _select(finite, opt_state, state.opt_state)
-            extra["loss_scale"] = loss_scale.adjust(finite)
-            metrics = {**metrics, "loss_scale": scale}
         if update_extra is not None:
             extra = update_extra(extra, params, batch, state.step)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
-        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng, extra=extra)
+        # A step whose loss or gradients are not finite changes nothing but the counters: the weights, the
+        # optimizer and the stage's state stay those of the last good step, so nothing non-finite is ever saved.
+        # Under fp16 an overflowing gradient is the loss scale's business (halve it, skip the step); only a
+        # non-finite loss counts as bad there.
+        loss = metrics["loss"]
+        if loss_scale is not None:
+            grads_finite = _tree_all_finite(grads)
+            bad = ~jnp.isfinite(loss)
+            apply = grads_finite & ~bad
+            extra["loss_scale"] = loss_scale.adjust(grads_finite)
+            metrics = {**metrics, "loss_scale": scale}
+        else:
+            bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+            apply = ~bad
+        params = _select(apply, params, state.params)
+        opt_state = _select(apply, opt_state, state.opt_state)
+        extra = {k: v if k == "loss_scale" else _select(apply, v, state.extra[k]) if k in state.extra else v
+                 for k, v in extra.items()}
+        streak = jnp.where(bad, state.nonfinite_streak + 1, 0)
+        metrics = {**metrics, "grad_norm": grad_norm, "nonfinite_streak": streak}
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng, extra=extra,
+                              nonfinite_streak=streak, nonfinite_total=state.nonfinite_total + bad)
         return state, metrics
 
     return step

@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
@@ -36,8 +37,8 @@ def start_params(config: TrainConfig, name: str | None = None, cfg: MiniMindConf
         return load_weights(path, cfg)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
-    except (OSError, ValueError, ImportError) as e:
-        raise UsageError(f"{flag} {name}: {e}") from None
+    except (OSError, ValueError, ImportError, SafetensorError) as e:
+        raise UsageError(f"{flag} {name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
 
 def _replace_atomically(path: Path, write) -> None:
@@ -49,9 +50,26 @@ def _replace_atomically(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def export_dtype(tensors: dict[str, np.ndarray]) -> np.dtype:
+    """float16 like the reference, unless some weight lies beyond its range (65504): then float32, rather than
+    weights that would read back as infinity."""
+    beyond = any(np.max(np.abs(v), initial=0.0) > FP16_MAX for v in tensors.values())
+    return np.dtype(np.float32 if beyond else np.float16)
+
+
 def write_export(run_dir: Path, tensors: dict[str, np.ndarray], cfg: MiniMindConfig) -> None:
-    """weights.safetensors (fp16, the reference's names) and config.json, each replaced whole."""
+    """weights.safetensors (the reference's names; fp16, or fp32 where fp16 cannot hold them) and config.json,
+    each replaced whole. Non-finite weights are never written."""
+    bad = [k for k, v in tensors.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise UsageError(f"refusing to export non-finite weights ({bad[0]} and {len(bad) - 1} more) to {run_dir}")
+    dtype = export_dtype(tensors)
+    if dtype == np.float32:
+        print(f"warning: some weights exceed the float16 range: {run_dir / WEIGHTS_FILE} is written as float32")
     run_dir.mkdir(parents=True, exist_ok=True)
-    fp16 = {k: np.ascontiguousarray(v, np.float16) for k, v in tensors.items()}
-    _replace_atomically(run_dir / WEIGHTS_FILE, lambda tmp: save_file(fp16, str(tmp)))
+    cast = {k: np.ascontiguousarray(v, dtype) for k, v in tensors.items()}
+    _replace_atomically(run_dir / WEIGHTS_FILE, lambda tmp: save_file(cast, str(tmp)))
     _replace_atomically(run_dir / "config.json", lambda tmp: tmp.write_text(cfg.to_json()))

@@ -14,10 +14,12 @@ from minimind_jax.data.datasets import DPODataset, PretrainDataset, RLAIFDataset
 from minimind_jax.data.datasets3 import AgentDataset3, DPODataset3, PretrainDataset3, RLAIFDataset3, SFTDataset3
 from minimind_jax.data.jsonl import DataError
 from minimind_jax.data.loader import batch_rows, epoch_permutation, iterate_batches, num_batches
+from minimind_jax.data.open import open_dataset
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
 SAMPLE3_DIR = SAMPLE_DIR.with_name("sample3")         # MiniMind-3 formats; its tokenizer is SAMPLE3_DIR / "tokenizer"
+SAMPLE_DIRS = {2: SAMPLE_DIR, 3: SAMPLE3_DIR}
 
 __all__ = ["DataError", "PretrainDataset", "SFTDataset", "DPODataset", "RLAIFDataset", "assistant_mask",
            "PretrainDataset3", "SFTDataset3", "DPODataset3", "RLAIFDataset3", "AgentDataset3",
-           "epoch_permutation", "num_batches", "batch_rows", "iterate_batches", "SAMPLE_DIR", "SAMPLE3_DIR"]
+           "epoch_permutation", "num_batches", "batch_rows", "iterate_batches", "SAMPLE_DIR", "SAMPLE3_DIR", "SAMPLE_DIRS", "open_dataset"]

@@ -145,6 +145,22 @@ class TokenCache:
         return json.loads(self._strings[a:b].tobytes().decode())
 
 
+def _open_whole(target: Path) -> TokenCache | None:
+    """The cache in `target` if it is whole; a damaged one (cut files, bad metadata) is removed so that it is built
+    again: it is derived data, rebuilt exactly from the jsonl."""
+    try:
+        cache = TokenCache(target)
+        itemsize = np.dtype(cache.meta["dtype"]).itemsize
+        if (target / "ids.bin").stat().st_size != int(cache.offsets[-1]) * itemsize or \
+                len(cache.offsets) != cache.meta["rows"] * cache.per_row + 1:
+            raise ValueError("its files disagree in length")
+        return cache
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        print(f"warning: token cache {target} is damaged ({e}); rebuilding it", file=sys.stderr)
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+
+
 def cache_key(digest: str, tokenizer, kind: str, max_seq_len: int, skip_bad_lines: bool) -> str:
     parts = f"v{CACHE_VERSION}|{digest}|{tokenizer.fingerprint}|{kind}|{max_seq_len}|{skip_bad_lines}"
     return hashlib.sha256(parts.encode()).hexdigest()[:24]
@@ -159,11 +175,12 @@ def load_or_build(path, tokenizer, kind: str, row_texts: Callable, per_row: int,
         raise DataError(path, 0, "no such file")
     key = cache_key(file_digest(path), tokenizer, kind, max_seq_len, skip_bad_lines)
     target = Path(cache_dir or default_cache_dir()) / f"{path.stem}.{kind}.{key}"
-    if not (target / "meta.json").exists():
+    cache = _open_whole(target) if target.exists() else None
+    if cache is None:
         job = Job(tokenizer, row_texts, per_row, max_seq_len, truncate_left,
                   np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32), flagged)
         build(path, target, job, skip_bad_lines=skip_bad_lines, workers=workers)
-    cache = TokenCache(target)
+        cache = TokenCache(target)
     skipped = cache.meta["skipped"]
     if skipped:
         line, problem = cache.meta["first_bad"]

@@ -98,6 +98,12 @@ class _JsonlDataset:
     def __len__(self) -> int:
         return len(self.cache)
 
+    @property
+    def fingerprint(self) -> str:
+        """What the data is: the key of its token cache (the file's content, the tokenizer, the format, the length),
+        for a trainer to tell whether a checkpoint was written on the same data."""
+        return self.cache.dir.name.rsplit(".", 1)[-1]
+
     def padded(self, indices, which: int = 0) -> np.ndarray:
         """int32 [B, L]: sequence `which` of each row, right-padded with the pad id."""
         rows = self._rows(indices)

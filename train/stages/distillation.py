@@ -7,16 +7,18 @@ import jax
 
 import losses
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM
-from minimind_jax.data import SFTDataset
 from train.stage import Stage
 from train.weights import start_params
 
 
 def teacher_config(run) -> MiniMindConfig:
-    """The student's config at the teacher's size (intermediate_size derived again from the new width)."""
-    d = run.config.distill
-    return MiniMindConfig.from_dict({**run.config.model.to_dict(), "hidden_size": d.teacher_hidden_size,
-                                     "num_hidden_layers": d.teacher_num_layers, "intermediate_size": None})
+    """The student's config at the teacher's size and MoE choice (the widths that follow hidden_size derived
+    again). MiniMind-3 distils a dense student from an MoE teacher (`--teacher_use_moe 1`)."""
+    d, student = run.config.distill, run.config.model
+    use_moe = student.use_moe if d.teacher_use_moe is None else d.teacher_use_moe
+    return MiniMindConfig.from_dict({**student.to_dict(), "hidden_size": d.teacher_hidden_size,
+                                     "num_hidden_layers": d.teacher_num_layers, "use_moe": use_moe,
+                                     "intermediate_size": None, "head_dim": None, "moe_intermediate_size": None})
 
 
 def init(run):
@@ -55,8 +57,9 @@ STAGE = Stage(
     defaults=dict(learning_rate=5e-6, batch_size=32, accumulation_steps=1, max_seq_len=340, epochs=6,
                   from_weight="full_sft", from_student_weight="full_sft", from_teacher_weight="full_sft",
                   teacher_hidden_size=768, teacher_num_layers=16, save_weight="full_dist"),
+    defaults3=dict(teacher_hidden_size=768, teacher_num_layers=8, teacher_use_moe=1),
     data_file="sft.jsonl",
-    dataset=SFTDataset,
+    dataset="sft",
     make_loss=make_loss,
     init=init,
 )

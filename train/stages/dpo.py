@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 
 import losses
-from minimind_jax.data import DPODataset
 from train.stage import Stage
 from train.stages.common import init_with_reference
 
@@ -33,8 +32,9 @@ STAGE = Stage(
     name="dpo",
     defaults=dict(learning_rate=4e-8, batch_size=4, accumulation_steps=1, max_seq_len=1024, epochs=1,
                   from_weight="full_sft", save_weight="dpo", beta=0.1),
+    defaults3=dict(beta=0.15, dpo_sum_logps=1),       # MiniMind-3 sums the sequence log-probs
     data_file="dpo.jsonl",
-    dataset=DPODataset,
+    dataset="dpo",
     make_loss=make_loss,
     init=init_with_reference,
 )

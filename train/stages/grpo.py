@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 
 import losses
-from minimind_jax.data import RLAIFDataset
 from train.rollout import rollout_batch
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference, policy_gradient_loss, rl_start_weight
@@ -31,10 +30,11 @@ def make_loss(run):
 
 STAGE = Stage(
     name="grpo",
+    generations=(2,),          # MiniMind-3 has its own RL objectives
     defaults=dict(learning_rate=8e-8, batch_size=2, accumulation_steps=1, max_seq_len=66, max_gen_len=1536,
                   epochs=1, beta=0.02, from_weight=rl_start_weight, save_weight="grpo"),
     data_file="rlaif.jsonl",
-    dataset=RLAIFDataset,
+    dataset="rlaif",
     make_loss=make_loss,
     init=init_with_reference,
     schedule=rl_schedule,

@@ -4,7 +4,6 @@ The trainable pytree is the adapters alone and the base weights ride along froze
 the gradient clipping and the checkpoint cover exactly what the reference's LoRA optimizer covers.
 """
 from minimind_jax.convert import read_state_dict
-from minimind_jax.data import SFTDataset
 from minimind_jax.lora import apply_lora, init_lora, lora_from_torch, lora_to_torch
 from train import rng
 from train.errors import UsageError
@@ -44,9 +43,10 @@ def export(run, lora, frozen):
 STAGE = Stage(
     name="lora",
     defaults=dict(learning_rate=1e-4, batch_size=32, accumulation_steps=1, max_seq_len=340, epochs=50,
-                  from_weight="full_sft", save_weight=lambda flags: flags.lora_name),
+                  from_weight="full_sft", lora_rank=8, save_weight=lambda flags: flags.lora_name),
+    defaults3=dict(epochs=10, lora_rank=16),
     data_file="lora_identity.jsonl",
-    dataset=SFTDataset,
+    dataset="sft",
     make_loss=make_loss,
     init=init,
     export=export,

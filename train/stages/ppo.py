@@ -11,7 +11,6 @@ import optax
 import losses
 from minimind_jax import MiniMindCritic
 from minimind_jax.convert import params_to_torch
-from minimind_jax.data import RLAIFDataset
 from minimind_jax.heads import init_head_params, last_token_index
 from train import optim, rng
 from train.rollout import policy_logps, rollout_batch
@@ -28,7 +27,7 @@ def init(run):
     return {"actor": actor, "critic": critic}, {"ref": frozen_copy(actor)}
 
 
-def optimizer(run, total_steps):
+def optimizer(run, total_steps, rows):
     """AdamW per model, each clipped on its own global norm and on its own schedule: the reference's two optimizers."""
     o, obj = run.config.optim, run.config.objective
     tx = lambda lr: optim.adamw(optim.rl_schedule(lr, total_steps), o.grad_clip)
@@ -77,10 +76,11 @@ def update_extra(run):
 
 STAGE = Stage(
     name="ppo",
+    generations=(2,),          # MiniMind-3 has its own RL objectives
     defaults=dict(learning_rate=8e-8, batch_size=2, accumulation_steps=1, max_seq_len=66, max_gen_len=1536,
                   epochs=1, from_weight=rl_start_weight, save_weight="ppo_actor"),
     data_file="rlaif.jsonl",
-    dataset=RLAIFDataset,
+    dataset="rlaif",
     make_loss=make_loss,
     init=init,
     init_extra=lambda run, params, frozen, dataset: {"old_actor": frozen_copy(params["actor"])},

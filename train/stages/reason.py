@@ -9,7 +9,6 @@ from functools import partial
 import jax.numpy as jnp
 
 import losses
-from minimind_jax.data import SFTDataset
 from train.stage import Stage
 from train.stages.common import lm_loss
 
@@ -21,9 +20,10 @@ def make_loss(run):
 
 STAGE = Stage(
     name="reason",
+    generations=(2,),          # MiniMind-3 folded reasoning into full_sft (think blocks in its SFT data)
     defaults=dict(learning_rate=1e-6, batch_size=8, accumulation_steps=1, max_seq_len=720, epochs=1,
                   from_weight="dpo", save_weight="reason"),
     data_file="reason.jsonl",
-    dataset=SFTDataset,
+    dataset="sft",
     make_loss=make_loss,
 )

@@ -14,19 +14,14 @@ from safetensors.numpy import load_file
 import losses
 from minimind_jax import MiniMindConfig, MiniMindRewardModel
 from minimind_jax.convert import params_from_torch, params_to_torch
-from minimind_jax.data import DPODataset
+from minimind_jax.data import open_dataset
 from minimind_jax.heads import init_head_params
 from train import rng
-from train.batches import Rows, held_out_split
+from train.batches import held_out_split
 from train.stage import Stage
 from train.weights import start_params
 
 HEAD = "score_head"
-
-
-def dataset(path, tokenizer, max_seq_len, **kwargs):
-    full = DPODataset(path, tokenizer, max_seq_len, **kwargs)
-    return Rows(full, held_out_split(len(full))[0])
 
 
 def init(run):
@@ -56,8 +51,8 @@ def make_loss(run):
 def evaluate(run, state, frozen) -> dict:
     """Pairwise accuracy and mean margin on the held-out pairs."""
     d = run.config.data
-    full = DPODataset(run.data_path, run.tokenizer, d.max_seq_len, skip_bad_lines=d.skip_bad_lines,
-                      cache_dir=d.cache_dir)
+    full = open_dataset("dpo", run.data_path, run.tokenizer, d.max_seq_len, seed=run.config.seed,
+                        skip_bad_lines=d.skip_bad_lines, cache_dir=d.cache_dir)
     held = held_out_split(len(full))[1]
     model = MiniMindRewardModel(run.config.model, policy=run.model.policy)
     scores = jax.jit(lambda p, b: pair_scores(model, p, b))
@@ -92,7 +87,8 @@ STAGE = Stage(
     defaults=dict(learning_rate=1e-5, batch_size=8, accumulation_steps=1, max_seq_len=512, epochs=1,
                   from_weight="full_sft", save_weight="reward"),
     data_file="dpo.jsonl",
-    dataset=dataset,
+    dataset="dpo",
+    train_rows=lambda n: held_out_split(n)[0],
     make_loss=make_loss,
     init=init,
     export=export,

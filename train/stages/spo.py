@@ -9,7 +9,6 @@ train/stages/spo_paper.py.
 import jax
 
 import losses
-from minimind_jax.data import RLAIFDataset
 from train.rollout import rollout_batch
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference, policy_gradient_loss, rl_start_weight
@@ -48,10 +47,11 @@ def make_loss(run):
 
 STAGE = Stage(
     name="spo",
+    generations=(2,),          # MiniMind-3 has its own RL objectives
     defaults=dict(learning_rate=1e-7, batch_size=2, accumulation_steps=4, max_seq_len=66, max_gen_len=1536,
                   epochs=1, beta=0.02, from_weight=rl_start_weight, save_weight="spo"),
     data_file="rlaif.jsonl",
-    dataset=RLAIFDataset,
+    dataset="rlaif",
     make_loss=make_loss,
     init=init_with_reference,
     init_extra=lambda run, params, frozen, dataset: {"tracker": losses.spo_tracker_init()},

@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 import losses
 from losses.spo_paper import RHO_MAX
-from minimind_jax.data import RLAIFDataset
 from train import rng
 from train.rollout import attention_mask, completion_logps, decode, rollout_batch, sample
 from train.stage import Stage, rl_schedule
@@ -179,9 +178,10 @@ def update_extra(run):
 
 STAGE = Stage(
     name="spo_paper",
+    generations=(2,),
     defaults=SPO.defaults,
     data_file=SPO.data_file,
-    dataset=RLAIFDataset,
+    dataset="rlaif",
     make_loss=make_loss,
     init=init_with_reference,
     init_extra=init_extra,
