@@ -130,6 +130,22 @@ def parser() -> argparse.ArgumentParser:
     add("--spo_init_samples", type=int, default=0,
         help="SPO paper: completions per prompt sampled before training to set each prompt's prior (0: Beta(.5, .5))")
     add("--spo_rho_min", type=float, default=0.875, help="SPO paper: lower clip of the forgetting rate rho")
+    # rl at MiniMind-3: GRPO's CISPO, PPO with GAE, the agent stage
+    add("--loss_type", default=None, choices=["cispo", "grpo"], help="GRPO at MiniMind-3 (default cispo)")
+    add("--epsilon", type=float, default=0.2, help="the lower clip of the ratio (grpo loss_type; PPO)")
+    add("--epsilon_high", type=float, default=5.0, help="CISPO: the ratio's weight is capped here")
+    add("--gamma", type=float, default=1.0, help="PPO-GAE: discount")
+    add("--lam", type=float, default=0.95, help="PPO-GAE: lambda")
+    add("--cliprange_value", type=float, default=0.2, help="PPO-GAE: value clipping around the rollout's values")
+    add("--ppo_update_iters", type=int, default=2, help="PPO-GAE: passes over each rollout batch")
+    add("--mini_batch_size", type=int, default=2, help="PPO-GAE: rows per update minibatch")
+    add("--early_stop_kl", type=float, default=0.25, help="PPO-GAE: stop a rollout's updates past this approx KL")
+    add("--critic_double_norm", type=int, default=0, choices=[0, 1],
+        help="parity with upstream MiniMind-3's critic, which applies the final norm twice")
+    add("--max_turns", type=int, default=3, help="agent: tool-call turns per rollout")
+    add("--max_total_len", type=int, default=2500, help="agent: tokens kept per rollout (prompt + turns)")
+    add("--tools", default=None, help="agent: module:registry or file.py:registry of extra tools (runs your code)")
+    add("--tool_timeout", type=float, default=1.0, help="agent: seconds one tool call may take")
     return p
 
 

@@ -213,6 +213,36 @@ class ObjectiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RL3Config:
+    """MiniMind-3's RL: GRPO's loss (CISPO by default), PPO with GAE, and the agent stage's tool loop."""
+    loss_type: str = "cispo"
+    epsilon: float = 0.2
+    epsilon_high: float = 5.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange_value: float = 0.2
+    ppo_update_iters: int = 2
+    mini_batch_size: int = 2
+    early_stop_kl: float = 0.25
+    critic_double_norm: bool = False
+    max_turns: int = 3
+    max_total_len: int = 2500
+    tools: str | None = None
+    tool_timeout: float = 1.0
+
+    def __post_init__(self):
+        if self.loss_type not in ("cispo", "grpo"):
+            raise UsageError(f"--loss_type {self.loss_type}: expected cispo or grpo")
+        for flag in ("epsilon", "epsilon_high", "cliprange_value", "early_stop_kl"):
+            _non_negative(flag, getattr(self, flag))
+        _fraction("gamma", self.gamma)
+        _fraction("lam", self.lam)
+        for flag in ("ppo_update_iters", "mini_batch_size", "max_turns", "max_total_len"):
+            _positive(flag, getattr(self, flag))
+        _positive("tool_timeout", float(self.tool_timeout), float)
+
+
+@dataclasses.dataclass(frozen=True)
 class SPOPaperConfig:
     init_samples: int = 0           # completions per prompt sampled before training to set each prior
     rho_min: float = 0.875          # lower clip of the forgetting rate; the prior weighs 1 / (1 - rho_min)
@@ -239,6 +269,7 @@ class TrainConfig:
     distill: DistillConfig = DistillConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     spo_paper: SPOPaperConfig = SPOPaperConfig()
+    rl3: RL3Config = RL3Config()
 
     @classmethod
     def from_flags(cls, a: Namespace) -> "TrainConfig":
@@ -275,7 +306,13 @@ class TrainConfig:
                                       vf_coef=a.vf_coef, kl_coef=a.kl_coef,
                                       critic_learning_rate=a.critic_learning_rate,
                                       update_old_actor_freq=a.update_old_actor_freq, kl_estimator=a.kl_estimator),
-            spo_paper=SPOPaperConfig(init_samples=a.spo_init_samples, rho_min=a.spo_rho_min))
+            spo_paper=SPOPaperConfig(init_samples=a.spo_init_samples, rho_min=a.spo_rho_min),
+            rl3=RL3Config(loss_type=a.loss_type or "cispo", epsilon=a.epsilon, epsilon_high=a.epsilon_high,
+                          gamma=a.gamma, lam=a.lam, cliprange_value=a.cliprange_value,
+                          ppo_update_iters=a.ppo_update_iters, mini_batch_size=a.mini_batch_size,
+                          early_stop_kl=a.early_stop_kl, critic_double_norm=bool(a.critic_double_norm),
+                          max_turns=a.max_turns, max_total_len=a.max_total_len, tools=a.tools,
+                          tool_timeout=a.tool_timeout))
 
     def replace(self, **sections) -> "TrainConfig":
         """A copy with some sections replaced, each given as a section or as a dict of its changed fields:

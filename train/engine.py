@@ -195,7 +195,7 @@ def setup(stage: Stage, config: TrainConfig) -> Session:
     elif ck.overwrite:
         _clear_checkpoints(run)
     update_extra = stage.update_extra(run) if stage.update_extra else None
-    step_fn = jax.jit(make_train_step(stage.make_loss(run), tx, update_extra), donate_argnums=0,
+    step_fn = jax.jit((stage.make_step or make_train_step)(stage.make_loss(run), tx, update_extra), donate_argnums=0,
                       out_shardings=(state_shardings, replicated(mesh)))
     return Session(stage, run, dataset, state, frozen, step_fn, schedule, steps_per_epoch, total_steps, stop,
                    identity, accepted)

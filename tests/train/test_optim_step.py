@@ -49,6 +49,16 @@ def test_sft_schedule_at_accumulation_A_is_the_reference_loop(A):
     assert [float(sched(k)) for k in range(len(expected))] == pytest.approx(expected, rel=1e-6)
 
 
+def test_minimind3_schedule_is_the_upstream_table(shared_path):
+    """MiniMind-3 steps at micro-steps A, 2A, ... and flushes after an epoch's last micro-batch: the rates of the
+    upstream trainer's own table (7 micro-batches per epoch, 2 epochs, accumulation 3)."""
+    import json
+    table = json.loads(shared_path("minimind3/golden/schedules3.json").read_text())["sft_table"]
+    expected = [r["lr"] for r in table if r["optimizer_step"] or r.get("flush_after_epoch")]
+    sched = optim.sft_schedule3(1e-3, 7, 2, 3)
+    assert [float(sched(k)) for k in range(len(expected))] == pytest.approx(expected, rel=1e-6)
+
+
 def test_rl_schedule_is_cosine_to_a_tenth():
     sched = optim.rl_schedule(1e-6, 50)
     assert float(sched(0)) == pytest.approx(1e-6)
