@@ -25,30 +25,35 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m train.run", description="Train MiniMind in JAX: one engine, every stage.",
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = p.add_argument
-    add("--stage", required=True, help=f"one of {STAGE_NAMES}, an alias {sorted(ALIASES)}, or 'all' (the pipeline)")
-    # model
+    add("--stage", required=True, help=f"one of {STAGE_NAMES}, an alias {sorted(ALIASES)}, or 'all' (the pipeline); "
+                                       f"`--stage X --help` shows X's defaults")
+    add = p.add_argument_group("model").add_argument
     add("--minimind", type=int, default=2, choices=[2, 3],
         help="the MiniMind generation: 2 (a8455ca, January 2026) or 3 (March 2026: QK-norm, its own tokenizer, chat "
              "template, data formats and defaults)")
     add("--preset", default="small", choices=["tiny", "small", "base", "moe"],
         help="model size (generation 3: tiny, small = minimind-3 64M, moe = minimind-3-moe 198M-A64M); flags below "
              "override")
-    add("--hidden_size", type=int, default=None)
-    add("--num_hidden_layers", type=int, default=None)
-    add("--use_moe", type=int, default=None, choices=[0, 1])
+    add("--hidden_size", type=int, default=None, help="model width (default: the preset's)")
+    add("--num_hidden_layers", type=int, default=None, help="layers (default: the preset's)")
+    add("--use_moe", type=int, default=None, choices=[0, 1], help="1: mixture-of-experts FFN (default: the preset's)")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 on GPU/TPU, float32 on CPU")
-    # optimisation (None = the stage's reference default)
-    add("--epochs", type=int, default=None)
+    add = p.add_argument_group("optimisation (None: the stage's reference default)").add_argument
+    add("--epochs", type=int, default=None, help="passes over the data")
     add("--batch_size", type=int, default=None, help="global batch (all devices and hosts together)")
-    add("--learning_rate", type=float, default=None)
-    add("--accumulation_steps", type=int, default=None)
-    add("--grad_clip", type=float, default=1.0)
+    add("--learning_rate", type=float, default=None, help="peak rate of the cosine schedule (to a tenth of it)")
+    add("--accumulation_steps", type=int, default=None, help="micro-batches per optimizer step")
+    add("--grad_clip", type=float, default=1.0, help="global-norm clipping (0: none)")
     add("--max_seq_len", type=int, default=None, help="RL stages: the prompt length")
     add("--max_steps", type=int, default=None, help="stop after this many optimizer steps in all (the schedule still "
                                                     "spans --epochs, so a stopped run resumed is the same run)")
-    add("--seed", type=int, default=42)
-    # data and weights
+    add("--seed", type=int, default=42, help="the one RNG root: data order, init, dropout, sampling")
+    add("--nonfinite", default="stop", choices=["stop", "skip"],
+        help="a step whose loss or gradients are not finite is never applied; stop: end the run (checkpoint kept) "
+             "after --nonfinite_patience such steps in a row; skip: carry on")
+    add("--nonfinite_patience", type=int, default=3, help="non-finite steps in a row that end a run (--nonfinite stop)")
+    add = p.add_argument_group("data").add_argument
     add("--data_path", default=None, help="jsonl file; default: the stage's file in data/sample/")
     add("--tokenizer", default=None, help="tokenizer dir; default: the embedded data/sample/tokenizer")
     add("--skip_bad_lines", action="store_true", help="skip malformed jsonl rows (counted) instead of stopping")
@@ -57,80 +62,91 @@ def parser() -> argparse.ArgumentParser:
     add("--empty_think_ratio", type=float, default=None, help="MiniMind-3 data: chance an empty think block is kept "
                                                               "(default 0.2)")
     add("--thinking_ratio", type=float, default=None, help="MiniMind-3 prompts: chance of an open think block")
-    add("--cache_dir", default=None, help="where tokenized data is cached")
-    add("--out_dir", default="out")
+    add("--cache_dir", default=None, help="where tokenized data is cached (default: ~/.cache/minimind_jax)")
+    add("--eval_data", default=None, help="SFT family: a held-out jsonl of the stage's format; its loss and perplexity "
+                                          "are logged every --eval_interval steps and at the end")
+    add("--eval_interval", type=int, default=None, help="steps between evaluations (default: --save_interval)")
+    add("--num_workers", type=int, default=None,
+        help="accepted for the reference's scripts; here tokenizing runs once into the cache, in its own processes")
+    add = p.add_argument_group("weights, checkpoints, logs").add_argument
+    add("--out_dir", "--save_dir", dest="out_dir", default="out",
+        help="where runs are written (--save_dir: the reference's name)")
     add("--from_weight", default=None, help="NAME (loads <out_dir>/NAME_<hidden>/weights.safetensors), a path, or none")
-    add("--save_weight", default=None)
+    add("--save_weight", default=None, help="the run's name: <out_dir>/<save_weight>_<hidden>[_moe]")
     add("--from_resume", type=int, default=0, choices=[0, 1], help="1: continue exactly from the last checkpoint")
     add("--resume_accept", default="", help="comma-separated settings a resumed run may change from the checkpoint's "
                                              "(learning_rate, epochs, grad_clip, dtype, objective); others are refused")
     add("--overwrite", action="store_true", help="start afresh over a run directory that holds checkpoints (they are "
                                                   "deleted); without it such a fresh run is refused")
-    add("--nonfinite", default="stop", choices=["stop", "skip"],
-        help="a step whose loss or gradients are not finite is never applied; stop: end the run (checkpoint kept) "
-             "after --nonfinite_patience such steps in a row; skip: carry on")
-    add("--nonfinite_patience", type=int, default=3)
-    add("--log_interval", type=int, default=10)
-    add("--save_interval", type=int, default=100)
+    add("--log_interval", type=int, default=None, help="steps between log lines (default 100; RL stages 1)")
+    add("--save_interval", type=int, default=100, help="steps between checkpoints (and at the end)")
     add("--use_wandb", action="store_true", help="also log to wandb (or swanlab) when installed")
-    # devices
+    add("--wandb_project", default="minimind-jax", help="the wandb/swanlab project")
+    add("--wandb_run", default=None, help="the wandb/swanlab run name (default: the run directory's name)")
+    add = p.add_argument_group("devices").add_argument
+    add("--device", default=None, help="accepted for the reference's scripts: 'cpu' runs on the CPU; otherwise JAX "
+                                       "uses every accelerator it sees (choose with CUDA_VISIBLE_DEVICES)")
+    add("--use_compile", type=int, default=None, choices=[0, 1],
+        help="accepted for the reference's scripts: every step here is compiled (jit) anyway")
     add("--mesh", default=None, help="e.g. data=4 or data=2,fsdp=4 (default: every device on data)")
     add("--coordinator_address", default=None, help="multi-host: host:port of process 0")
-    add("--num_processes", type=int, default=None)
-    add("--process_id", type=int, default=None)
+    add("--num_processes", type=int, default=None, help="multi-host: how many processes in all")
+    add("--process_id", type=int, default=None, help="multi-host: this process's index (0 is the coordinator)")
     add("--distributed_timeout", type=int, default=300, help="multi-host: seconds to wait for every process to join")
     add("--coordinator_bind_address", default=None,
         help="multi-host: where process 0 listens (default: --coordinator_address itself; e.g. 0.0.0.0:PORT for all "
              "interfaces)")
-    # lora
-    add("--lora_name", default="lora_identity")
+    add = p.add_argument_group("lora").add_argument
+    add("--lora_name", default="lora_identity", help="the adapters' run name (LoRA's --save_weight)")
     add("--lora_rank", type=int, default=None, help="default 8 (MiniMind-3: 16)")
     add("--lora_init", default=None, help="start from these adapters (safetensors or .pth under the reference's names, "
                                          "e.g. model.layers.0.self_attn.q_proj.lora.A.weight) instead of drawing them")
-    # distillation
+    add = p.add_argument_group("distillation").add_argument
     add("--alpha", type=float, default=0.5, help="weight of CE; (1-alpha) weighs the KL")
-    add("--temperature", type=float, default=1.5)
-    add("--from_student_weight", default=None)
-    add("--from_teacher_weight", default=None)
-    add("--teacher_hidden_size", type=int, default=None)
-    add("--teacher_num_layers", type=int, default=None)
-    add("--teacher_use_moe", type=int, default=None, choices=[0, 1])
+    add("--temperature", type=float, default=1.5, help="softens both distributions in the KL")
+    add("--from_student_weight", default=None, help="the student's starting weights (NAME or path)")
+    add("--from_teacher_weight", default=None, help="the teacher's weights (NAME or path; none: CE alone)")
+    add("--teacher_hidden_size", type=int, default=None, help="the teacher's width")
+    add("--teacher_num_layers", type=int, default=None, help="the teacher's depth")
+    add("--teacher_use_moe", type=int, default=None, choices=[0, 1], help="1: an MoE teacher (default: as the student)")
     add("--student_hidden_size", type=int, default=None, help="alias of --hidden_size for distillation")
     add("--student_num_layers", type=int, default=None, help="alias of --num_hidden_layers for distillation")
     add("--student_use_moe", type=int, default=None, choices=[0, 1], help="alias of --use_moe for distillation")
-    # dpo / rl
-    add("--beta", type=float, default=None)
+    add = p.add_argument_group("dpo and rl objectives").add_argument
+    add("--beta", type=float, default=None, help="DPO's beta; GRPO/SPO's KL weight")
     add("--dpo_sum_logps", type=int, default=None, choices=[0, 1],
         help="1: sequence log-prob as a sum, not a mean (default 0; MiniMind-3: 1)")
-    # rl: rollouts
+    add = p.add_argument_group("rl: rollouts").add_argument
     add("--max_gen_len", type=int, default=None, help="RL: new tokens per completion")
     add("--num_generations", type=int, default=8, help="GRPO: completions per prompt")
-    add("--rollout_temperature", type=float, default=0.8)
-    add("--rollout_top_p", type=float, default=1.0)
-    add("--rollout_top_k", type=int, default=0)
+    add("--rollout_temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    add("--rollout_top_p", type=float, default=1.0, help="nucleus sampling (1: off)")
+    add("--rollout_top_k", type=int, default=0, help="top-k sampling (0: off)")
     add("--rollout_dtype", default="float32", choices=["float32", "bfloat16"],
         help="weights used while sampling (bfloat16 halves the bytes read per decoded token)")
-    # rl: rewards
+    add = p.add_argument_group("rl: rewards").add_argument
     add("--reasoning", type=int, default=1, choices=[0, 1], help="1: add the <think>/<answer> format and tag reward")
     add("--answer_reward", type=float, default=1.0, help="weight of the exact-answer reward (rows with an answer)")
-    add("--reward_model", default=None, help="NAME or path of a reward model trained by --stage reward")
+    add("--reward_model", "--reward_model_path", dest="reward_model", default=None,
+        help="NAME or path of a reward model trained by --stage reward (--reward_model_path: the reference's name; "
+             "a Hugging Face reward model goes through --reward_fn)")
     add("--reward_fn", default=None, help="module:function or file.py:function (prompts, responses, answers) -> "
                                          "float[B], added. Runs your code; a module is imported from the installed "
                                          "packages, not from the current directory (name a file for that)")
-    # rl: objectives
-    add("--clip_epsilon", type=float, default=0.1)
-    add("--vf_coef", type=float, default=0.5)
-    add("--kl_coef", type=float, default=0.02)
-    add("--critic_learning_rate", type=float, default=8e-8)
-    add("--update_old_actor_freq", type=int, default=4)
-    add("--kl_estimator", default="k3", choices=["k3", "k1"])
+    add = p.add_argument_group("rl: objectives").add_argument
+    add("--clip_epsilon", type=float, default=0.1, help="PPO / SPO-paper ratio clip")
+    add("--vf_coef", type=float, default=0.5, help="PPO: weight of the value loss")
+    add("--kl_coef", type=float, default=0.02, help="PPO: weight of the KL to the reference")
+    add("--critic_learning_rate", type=float, default=8e-8, help="PPO: the critic's peak learning rate")
+    add("--update_old_actor_freq", type=int, default=4, help="PPO: steps between refreshes of the old actor")
+    add("--kl_estimator", default="k3", choices=["k3", "k1"], help="per-token KL estimator in the RL losses")
     add("--spo_mode", default="minimind", choices=["minimind", "paper"],
         help="SPO: the reference's one global tracker, or the paper's per-prompt trackers, prioritised prompts and "
              "PPO-clip (the same as --stage spo_paper)")
     add("--spo_init_samples", type=int, default=0,
         help="SPO paper: completions per prompt sampled before training to set each prompt's prior (0: Beta(.5, .5))")
     add("--spo_rho_min", type=float, default=0.875, help="SPO paper: lower clip of the forgetting rate rho")
-    # rl at MiniMind-3: GRPO's CISPO, PPO with GAE, the agent stage
+    add = p.add_argument_group("rl at MiniMind-3: GRPO's CISPO, PPO with GAE, the agent stage").add_argument
     add("--loss_type", default=None, choices=["cispo", "grpo"], help="GRPO at MiniMind-3 (default cispo)")
     add("--epsilon", type=float, default=0.2, help="the lower clip of the ratio (grpo loss_type; PPO)")
     add("--epsilon_high", type=float, default=5.0, help="CISPO: the ratio's weight is capped here")

@@ -44,8 +44,14 @@ class DataConfig:
     add_system_ratio: float | None = None   # MiniMind-3 formats' random rules (None: the format's default)
     empty_think_ratio: float | None = None
     thinking_ratio: float | None = None
+    eval_path: Path | None = None           # held-out rows of the same format, evaluated during training
+    eval_interval: int | None = None
 
     def __post_init__(self):
+        if self.eval_path is not None and not self.eval_path.is_file():
+            raise UsageError(f"--eval_data {self.eval_path}: no such file")
+        if self.eval_interval is not None:
+            _positive("eval_interval", self.eval_interval)
         for flag in ("add_system_ratio", "empty_think_ratio", "thinking_ratio"):
             if getattr(self, flag) is not None:
                 _fraction(flag, getattr(self, flag))
@@ -279,7 +285,8 @@ class TrainConfig:
             data=DataConfig(path=Path(a.data_path) if a.data_path else None, tokenizer=a.tokenizer,
                             max_seq_len=a.max_seq_len, skip_bad_lines=a.skip_bad_lines, cache_dir=a.cache_dir,
                             add_system_ratio=a.add_system_ratio, empty_think_ratio=a.empty_think_ratio,
-                            thinking_ratio=a.thinking_ratio),
+                            thinking_ratio=a.thinking_ratio, eval_path=Path(a.eval_data) if a.eval_data else None,
+                            eval_interval=a.eval_interval),
             optim=OptimConfig(epochs=a.epochs, batch_size=a.batch_size, accumulation_steps=a.accumulation_steps,
                               learning_rate=a.learning_rate, grad_clip=a.grad_clip, max_steps=a.max_steps,
                               dtype=a.dtype, nonfinite=a.nonfinite, nonfinite_patience=a.nonfinite_patience),

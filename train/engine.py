@@ -32,6 +32,7 @@ from train import checkpoint, optim, rng
 from train.batches import Rows, split_batch, step_rows
 from train.config import RESUME_ACCEPTABLE, TrainConfig
 from train.distributed import host_copy, sync
+from train.evaluation import Evaluator
 from train.errors import UsageError
 from train.lock import RunLock
 from train.mesh import make_mesh, process_rows, replicated, state_sharding, to_global
@@ -404,6 +405,20 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
         bad_at_save = total
         _write_export(run, stage, s.state, s.frozen)
 
+    evaluator = None
+    if config.data.eval_path is not None:
+        if stage.rollouts:
+            raise UsageError(f"--eval_data: the RL stage {stage.name} has no held-out loss (its reward is logged "
+                             f"every step)")
+        evaluator = Evaluator(run, stage, s.frozen)
+    eval_every = config.data.eval_interval or ck.save_interval
+
+    def evaluate(step_done: int) -> None:
+        result = evaluator(s.state)
+        if main:
+            log.write({"step": step_done, **result})
+            tqdm.write(f"step {step_done} · eval " + " · ".join(f"{k[5:]} {v:.4g}" for k, v in result.items()))
+
     if callback is not None:
         callback(s, start, {})
     with _Signals() as signals:
@@ -441,7 +456,12 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
                     head = (f"step {step}/{s.stop} · epoch {(step - 1) // s.steps_per_epoch + 1}/{o.epochs} · "
                             f"{duration(elapsed)} elapsed · ETA {eta}")
                     tqdm.write(summary(record, head=head))
+                    if "sample_response" in record:
+                        tqdm.write(f"  sample (reward {record['sample_reward']:.3g}): "
+                                   f"{record['sample_prompt'][-160:]!r} -> {record['sample_response'][:240]!r}")
                 stopped = callback is not None and bool(callback(s, step, record))
+                if evaluator is not None and (step % eval_every == 0 or step == s.stop):
+                    evaluate(step)
                 if signals.received is not None or step % ck.save_interval == 0 or step == s.stop or stopped:
                     check_finite(*pending)
                     save()

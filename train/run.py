@@ -3,6 +3,7 @@
 Errors a user can fix (a bad flag, a missing weight, a malformed jsonl line) print one line and exit with 2.
 """
 import argparse
+import os
 import sys
 
 from train.args import canonical_stage, parser, with_defaults
@@ -14,8 +15,48 @@ def config_of(flags: argparse.Namespace):
     from train.config import TrainConfig
     flags = argparse.Namespace(**{**vars(flags), "stage": canonical_stage(flags.stage, flags.spo_mode)})
     stage = stages.get(flags.stage)
-    defaults = {**stage.defaults, **stage.defaults3} if flags.minimind == 3 else stage.defaults
-    return stage, TrainConfig.from_flags(with_defaults(flags, defaults))
+    return stage, TrainConfig.from_flags(with_defaults(flags, stage_defaults(stage, flags.minimind)))
+
+
+def stage_defaults(stage, generation: int = 2) -> dict:
+    """The flags a stage sets when the user does not: the reference's (MiniMind-3's where they differ), and the
+    reference's logging cadence (every step for RL, every 100 for the rest)."""
+    return {"log_interval": 1 if stage.rollouts else 100, **stage.defaults,
+            **(stage.defaults3 if generation == 3 else {})}
+
+
+def stage_help(argv: list[str]) -> None:
+    """`--stage X --help`: the flags with X's defaults filled in (this imports the stage, so JAX: plain --help does
+    not)."""
+    p = parser()
+    known, _ = p.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    from train import stages
+    name = canonical_stage(known.stage, known.spo_mode)
+    if name == "all":
+        p.print_help()
+        return
+    stage = stages.get(name)
+    defaults = stage_defaults(stage, known.minimind)
+    p.set_defaults(**{k: v for k, v in defaults.items() if not callable(v)})
+    p.description = (f"--stage {name}" + (" (MiniMind-3)" if known.minimind == 3 else "") +
+                     f": {(stages.module_doc(name) or '').splitlines()[0]} Defaults below are this stage's." +
+                     "".join(f" --{k}: depends on other flags." for k, v in defaults.items() if callable(v)))
+    p.print_help()
+
+
+def reference_only_flags(flags: argparse.Namespace) -> None:
+    """The reference's flags that have no effect here say so (once, one line each); --device cpu is honoured."""
+    if flags.device is not None:
+        if flags.device.startswith("cpu"):
+            os.environ["JAX_PLATFORMS"] = "cpu"          # before JAX is imported
+        else:
+            print(f"note: --device {flags.device}: JAX uses every accelerator it sees; choose with "
+                  f"CUDA_VISIBLE_DEVICES (or --mesh)", file=sys.stderr)
+    if flags.num_workers is not None:
+        print(f"note: --num_workers {flags.num_workers}: data is tokenized once into a cache (in its own processes) "
+              f"and batches are read from it, so there are no loader workers", file=sys.stderr)
+    if flags.use_compile is not None:
+        print("note: --use_compile: every step is compiled (jit) here anyway", file=sys.stderr)
 
 
 def run_stage(flags: argparse.Namespace, callback=None):
@@ -38,8 +79,12 @@ def explicit_flags(argv) -> set[str]:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if ("-h" in argv or "--help" in argv) and any(a == "--stage" or a.startswith("--stage=") for a in argv):
+        stage_help(argv)
+        return
     flags = parser().parse_args(argv)
     flags.stage = canonical_stage(flags.stage, flags.spo_mode)
+    reference_only_flags(flags)
     from minimind_jax.data import DataError
     from train.distributed import initialize
     from train.engine import Interrupted

@@ -49,7 +49,7 @@ def test_tokenizer_larger_than_the_model_vocab(monkeypatch):
     from train.engine import build_run
     from train.errors import UsageError
     from train.run import config_of
-    monkeypatch.setattr(Tokenizer, "load", classmethod(lambda cls, path=None: SimpleNamespace(vocab_size=7000)))
+    monkeypatch.setattr(Tokenizer, "load", classmethod(lambda cls, path=None: SimpleNamespace(vocab_size=7000, generation=2)))
     stage, config = config_of(parser().parse_args(["--stage", "pretrain", *TINY]))
     with pytest.raises(UsageError, match="7000 ids but the model's vocab_size is 6400"):
         build_run(stage, config)

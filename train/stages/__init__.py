@@ -12,3 +12,8 @@ def get(name: str):
 
 def available() -> list[str]:
     return [n for n in STAGE_NAMES if importlib.util.find_spec(f"train.stages.{n}") is not None]
+
+
+def module_doc(name: str) -> str | None:
+    """The stage module's docstring (what the stage trains), for `--stage X --help`."""
+    return importlib.import_module(f"train.stages.{name}").__doc__
