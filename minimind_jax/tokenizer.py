@@ -32,6 +32,8 @@ REASONING_TAGS = {2: TAG_TOKENS[:4], 3: ("<think>", "</think>")}     # by templa
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "tokenizer"
 SAMPLE3_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "sample3" / "tokenizer"
+MINIMIND_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "minimind_tokenizer"   # MiniMind-2's BPE
+NAMED_TOKENIZERS = {"minimind": MINIMIND_TOKENIZER_DIR, "minimind3": SAMPLE3_TOKENIZER_DIR}
 SP_MODEL = "tokenizer.model"
 HF_JSON = "tokenizer.json"
 HF_CONFIG = "tokenizer_config.json"
@@ -65,9 +67,11 @@ class Tokenizer:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path=None) -> "Tokenizer":
-        """A directory holding `tokenizer.model` (ours) or `tokenizer.json` (MiniMind / Hugging Face), or either file.
-        None -> the tokenizer shipped with the sample data."""
-        path = Path(path) if path is not None else DEFAULT_TOKENIZER_DIR
+        """A directory holding `tokenizer.model` (ours) or `tokenizer.json` (MiniMind / Hugging Face), or either file,
+        or a shipped one by name: 'minimind' (MiniMind-2's own BPE), 'minimind3' (MiniMind-3's). None -> this
+        project's SentencePiece tokenizer shipped with the sample data (not MiniMind's: lossless, tags as single
+        tokens)."""
+        path = Path(NAMED_TOKENIZERS.get(path, path)) if path is not None else DEFAULT_TOKENIZER_DIR
         if path.is_dir():
             found = [f for f in (path / SP_MODEL, path / HF_JSON) if f.exists()]
             if not found:

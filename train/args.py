@@ -8,7 +8,7 @@ import argparse
 import sys
 
 STAGE_NAMES = ["pretrain", "full_sft", "lora", "distillation", "reason", "dpo", "reward", "ppo", "grpo", "spo",
-               "spo_paper"]
+               "spo_paper", "agent"]
 ALIASES = {"sft": "full_sft", "distill_reason": "reason", "distill": "distillation"}
 PIPELINE = ["pretrain", "full_sft", "lora", "distillation", "dpo", "reason", "reward", "ppo", "grpo", "spo"]
 
@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
     add("--nonfinite_patience", type=int, default=3, help="non-finite steps in a row that end a run (--nonfinite stop)")
     add = p.add_argument_group("data").add_argument
     add("--data_path", default=None, help="jsonl file; default: the stage's file in data/sample/")
-    add("--tokenizer", default=None, help="tokenizer dir; default: the embedded data/sample/tokenizer")
+    add("--tokenizer", default=None, help="a tokenizer dir or file, or minimind (MiniMind-2's own BPE, shipped) / minimind3; "
+                                        "default: this project's SentencePiece (not MiniMind's; --minimind 3: minimind3)")
     add("--skip_bad_lines", action="store_true", help="skip malformed jsonl rows (counted) instead of stopping")
     add("--add_system_ratio", type=float, default=None, help="MiniMind-3 data: chance of a random system prompt "
                                                              "(default 0.2; 0: never)")

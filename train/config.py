@@ -139,6 +139,8 @@ class CheckpointConfig:
     save_interval: int = 100
     log_interval: int = 10
     use_wandb: bool = False
+    wandb_project: str = "minimind-jax"
+    wandb_run: str | None = None    # None: the run directory's name
     overwrite: bool = False         # a fresh run may delete the checkpoints it finds
     resume_accept: tuple[str, ...] = ()   # run-identity fields a resumed run may change
 
@@ -293,7 +295,8 @@ class TrainConfig:
             checkpoint=CheckpointConfig(out_dir=Path(a.out_dir), save_weight=a.save_weight,
                                         from_weight=a.from_weight, from_resume=bool(a.from_resume),
                                         save_interval=a.save_interval, log_interval=a.log_interval,
-                                        use_wandb=a.use_wandb, overwrite=a.overwrite,
+                                        use_wandb=a.use_wandb, wandb_project=a.wandb_project,
+                                        wandb_run=a.wandb_run, overwrite=a.overwrite,
                                         resume_accept=tuple(filter(None, a.resume_accept.split(",")))),
             mesh=MeshConfig(spec=a.mesh, coordinator_address=a.coordinator_address, num_processes=a.num_processes,
                             process_id=a.process_id, timeout=a.distributed_timeout),

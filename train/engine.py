@@ -367,8 +367,8 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
     start = int(jax.device_get(s.state.step))
     mgr = checkpoint.manager(run.run_dir / "checkpoints")
     log = MetricsLog(run.run_dir / "metrics.jsonl", resume_step=start, enabled=main,
-                     tracker="wandb" if ck.use_wandb else None, run_name=run.run_dir.name,
-                     config=_config_record(config))
+                     tracker="wandb" if ck.use_wandb else None, run_name=ck.wandb_run or run.run_dir.name,
+                     config=_config_record(config), project=ck.wandb_project)
     if main:
         print(_start_message(s, start))
         warning = _short_data_warning(s)

@@ -19,7 +19,7 @@ class MetricsLog:
     file of a resumed run reads like the file of a run that never stopped."""
 
     def __init__(self, path: Path, resume_step: int = 0, enabled: bool = True, tracker: str | None = None,
-                 run_name: str = "", config: dict | None = None):
+                 run_name: str = "", config: dict | None = None, project: str = "minimind-jax"):
         self.path, self.enabled, self.tracker = Path(path), enabled, None
         if not enabled:
             return
@@ -29,7 +29,7 @@ class MetricsLog:
             kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
         self.path.write_text("".join(l + "\n" for l in kept))
         if tracker:
-            self.tracker = _open_tracker(tracker, run_name, config or {})
+            self.tracker = _open_tracker(tracker, run_name, config or {}, project)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -41,14 +41,14 @@ class MetricsLog:
             self.tracker.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
 
-def _open_tracker(name: str, run_name: str, config: dict):
+def _open_tracker(name: str, run_name: str, config: dict, project: str):
     """wandb or swanlab when installed (both expose init/log); otherwise say so once and carry on."""
     for module in ([name] if name in ("wandb", "swanlab") else ["wandb", "swanlab"]):
         try:
             lib = __import__(module)
         except ImportError:
             continue
-        lib.init(project="minimind-jax", name=run_name, config=config)
+        lib.init(project=project, name=run_name, config=config)
         return lib
     print("warning: --use_wandb given but neither wandb nor swanlab is installed; logging to metrics.jsonl only")
     return None
