@@ -163,14 +163,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def open_model(args):
+    """(tokenizer, model, params) of the CLIs' flags, or None after printing the one-line error (a missing or
+    unfit file, a .pth without torch) — chat, serve and evaluate share it."""
     try:
-        tokenizer = Tokenizer.load(args.tokenizer)
-        model, params = load_model(args)
+        return (Tokenizer.load(args.tokenizer), *load_model(args))
     except (OSError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    opened = open_model(args)
+    if opened is None:
         return 2
+    tokenizer, model, params = opened
     rng = jax.random.key(args.seed)
     history: list[dict] = []
     while True:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from minimind_jax.chat import PROMPT_BUCKET, add_model_args, load_model
+from minimind_jax.chat import PROMPT_BUCKET, add_model_args, open_model
 from minimind_jax.tokenizer import Tokenizer
 
 LETTERS = ("A", "B", "C", "D")
@@ -149,11 +149,13 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         rows = read_questions(args.data)
-        tokenizer = Tokenizer.load(args.tokenizer)
-        model, params = load_model(args)
-    except (OSError, ValueError, ImportError) as e:
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    opened = open_model(args)
+    if opened is None:
+        return 2
+    tokenizer, model, params = opened
     result = evaluate(model, params, tokenizer, rows, args.score, args.length_norm, args.batch_size)
     print(table(result))
     if args.json:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from minimind_jax.chat import PROMPT_BUCKET, add_model_args, decode_step, load_model, prefill
+from minimind_jax.chat import PROMPT_BUCKET, add_model_args, decode_step, open_model, prefill
 from minimind_jax.generate import decoding_model
 from minimind_jax.tokenizer import Tokenizer
 
@@ -398,12 +398,10 @@ def main(argv=None) -> int:
     if args.max_batch < 1 or args.max_new_tokens < 1:
         print("error: --max_batch and --max_new_tokens must be at least 1", file=sys.stderr)
         return 2
-    try:
-        tokenizer = Tokenizer.load(args.tokenizer)
-        model, params = load_model(args)
-    except (OSError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    opened = open_model(args)
+    if opened is None:
         return 2
+    tokenizer, model, params = opened
     source = args.weight if args.load_from in (None, "model") else args.load_from
     settings = Settings(args.model_name or Path(source).name, tokenizer, args.max_new_tokens, args.max_seq_len,
                         args.temperature, args.top_p)

@@ -17,11 +17,9 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
 from minimind_jax import MiniMindForCausalLM, count_params, get_policy

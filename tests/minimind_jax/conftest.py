@@ -41,3 +41,16 @@ def reference3(golden3):
         cfg, params = load_reference(sd, json.loads(str(g[config_key])))
         return g, cfg, params
     return load
+
+
+@pytest.fixture(scope="module")
+def tok3():
+    """MiniMind-3's tokenizer (shipped)."""
+    from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
+    return Tokenizer.load(SAMPLE3_TOKENIZER_DIR)
+
+
+@pytest.fixture
+def gold3(shared_path):
+    """The MiniMind-3 template and data goldens, data_minimind3.json."""
+    return json.loads(shared_path("minimind3/golden/data_minimind3.json").read_text())

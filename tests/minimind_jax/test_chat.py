@@ -2,11 +2,11 @@
 import io
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimind_jax import MiniMindConfig, MiniMindForCausalLM
+from tests.minimind_jax.helpers import peaked_tiny_lm
+
 from minimind_jax.convert import save_weights
 from minimind_jax.generate import generate
 from minimind_jax.lora import init_lora, lora_to_torch
@@ -18,12 +18,7 @@ from minimind_jax import chat
 def run_dir(tmp_path_factory):
     """A trainer-style run directory (weights.safetensors + config.json) holding a tiny random model whose
     logits have clear maxima."""
-    cfg = MiniMindConfig.from_preset("tiny")
-    model = MiniMindForCausalLM(cfg)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, s: rng.normal(0, 1.0 if p[-1].key == "embed_tokens" else 0.1, s.shape).astype(np.float32), shapes)
+    cfg, model, params = peaked_tiny_lm(0.1)
     d = tmp_path_factory.mktemp("full_sft_64")
     save_weights(d / "weights.safetensors", params, cfg, dtype=np.float32)
     (d / "config.json").write_text(cfg.to_json())

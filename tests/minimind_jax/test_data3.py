@@ -8,17 +8,17 @@ from minimind_jax.data import (SAMPLE3_DIR, AgentDataset3, DataError, DPODataset
                                PretrainDataset3, RLAIFDataset3, SFTDataset3, draws, iterate_batches)
 from minimind_jax.data.chat3 import SYSTEM_PROMPTS, conversation
 from minimind_jax.template3 import EMPTY_THINK, render
-from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
+
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.load(SAMPLE3_TOKENIZER_DIR)
+def tok(tok3):
+    return tok3
 
 
 @pytest.fixture
-def gold(shared_path):
-    return json.loads(shared_path("minimind3/golden/data_minimind3.json").read_text())
+def gold(gold3):
+    return gold3
 
 
 def write_jsonl(path, rows):

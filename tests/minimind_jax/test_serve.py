@@ -3,7 +3,6 @@ CLI's decoding, streaming, the model list, concurrent requests run as one batch,
 import json
 import shutil
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -12,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from minimind_jax import MiniMindConfig, MiniMindForCausalLM
+from tests.minimind_jax.helpers import peaked_tiny_lm
+
 from minimind_jax import chat, serve
 from minimind_jax.tokenizer import Tokenizer
 
@@ -23,12 +23,7 @@ openai = pytest.importorskip("openai", reason="the server tests use the official
 def lm():
     """A tiny random model whose logits have clear maxima (N(0, 1) embeddings), so greedy answers are stable, and
     whose answers depend on the question (N(0, 0.3) elsewhere)."""
-    cfg = MiniMindConfig.from_preset("tiny")
-    model = MiniMindForCausalLM(cfg)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, s: rng.normal(0, 1.0 if p[-1].key == "embed_tokens" else 0.3, s.shape).astype(np.float32), shapes)
+    _, model, params = peaked_tiny_lm(0.3)
     return model, params
 
 

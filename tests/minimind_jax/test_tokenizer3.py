@@ -12,13 +12,13 @@ from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer, template_ge
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.load(SAMPLE3_TOKENIZER_DIR)
+def tok(tok3):
+    return tok3
 
 
 @pytest.fixture
-def gold(shared_path):
-    return json.loads(shared_path("minimind3/golden/data_minimind3.json").read_text())
+def gold(gold3):
+    return gold3
 
 
 def sft_form(messages):

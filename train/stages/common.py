@@ -53,3 +53,14 @@ def policy_gradient_loss(run: Run, objective: Callable):
         return loss, {"loss": loss, "policy_loss": pg, "aux_loss": aux, **metrics}
 
     return loss_fn
+
+
+def kl_regularized_loss(run: Run, loss):
+    """`policy_gradient_loss` of a per-token objective with a KL to the frozen reference, called as the GRPO/SPO
+    losses are: `loss(logps, ref_logps, advantages, completion_mask, beta, kl_estimator=, return_metrics=True)`."""
+    o = run.config.objective
+
+    def objective(logps, batch):
+        return loss(logps, batch["ref_logps"], batch["advantages"], batch["completion_mask"], o.beta,
+                    kl_estimator=o.kl_estimator, return_metrics=True)
+    return policy_gradient_loss(run, objective)

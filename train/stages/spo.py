@@ -11,7 +11,7 @@ import jax
 import losses
 from train.rollout import rollout_batch
 from train.stage import Stage, rl_schedule
-from train.stages.common import init_with_reference, policy_gradient_loss, rl_start_weight
+from train.stages.common import init_with_reference, kl_regularized_loss, rl_start_weight
 
 
 @jax.jit
@@ -36,15 +36,6 @@ def prepare(run, state, frozen, arrays, host, step):
     return batch, info, {**state.extra, "tracker": tracker}
 
 
-def make_loss(run):
-    o = run.config.objective
-
-    def objective(logps, batch):
-        return losses.spo_loss(logps, batch["ref_logps"], batch["advantages"], batch["completion_mask"], o.beta,
-                               kl_estimator=o.kl_estimator, return_metrics=True)
-    return policy_gradient_loss(run, objective)
-
-
 STAGE = Stage(
     name="spo",
     generations=(2,),          # MiniMind-3 has its own RL objectives
@@ -52,7 +43,7 @@ STAGE = Stage(
                   epochs=1, beta=0.02, from_weight=rl_start_weight, save_weight="spo"),
     data_file="rlaif.jsonl",
     dataset="rlaif",
-    make_loss=make_loss,
+    make_loss=lambda run: kl_regularized_loss(run, losses.spo_loss),
     init=init_with_reference,
     init_extra=lambda run, params, frozen, dataset: {"tracker": losses.spo_tracker_init()},
     schedule=rl_schedule,
