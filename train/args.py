@@ -87,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     add = p.add_argument_group("devices").add_argument
     add("--device", default=None, help="accepted for the reference's scripts: 'cpu' runs on the CPU; otherwise JAX "
                                        "uses every accelerator it sees (choose with CUDA_VISIBLE_DEVICES)")
+    add("--compile_cache", default="auto", help="where compiled programs are kept across runs (auto: beside the token "
+                                                 "cache, ~/.cache/minimind_jax/xla; none: off)")
     add("--use_compile", type=int, default=None, choices=[0, 1],
         help="accepted for the reference's scripts: every step here is compiled (jit) anyway")
     add("--mesh", default=None, help="e.g. data=4 or data=2,fsdp=4 (default: every device on data)")

@@ -44,6 +44,19 @@ def stage_help(argv: list[str]) -> None:
     p.print_help()
 
 
+def enable_compile_cache(where: str) -> None:
+    """Keep compiled programs on disk, so a second run of the same shapes starts without compiling (XLA's own
+    persistent cache; entries are keyed by the program and the compiler, so a stale one is never used)."""
+    if where == "none":
+        return
+    import jax
+    from minimind_jax.data.cache import default_cache_dir
+    path = default_cache_dir() / "xla" if where == "auto" else where
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def reference_only_flags(flags: argparse.Namespace) -> None:
     """The reference's flags that have no effect here say so (once, one line each); --device cpu is honoured."""
     if flags.device is not None:
@@ -85,6 +98,7 @@ def main(argv=None) -> None:
     flags = parser().parse_args(argv)
     flags.stage = canonical_stage(flags.stage, flags.spo_mode)
     reference_only_flags(flags)
+    enable_compile_cache(flags.compile_cache)
     from minimind_jax.data import DataError
     from train.distributed import initialize
     from train.engine import Interrupted
