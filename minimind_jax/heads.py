@@ -68,3 +68,25 @@ def init_head_params(lm_params, head_module: MiniMindCritic | MiniMindRewardMode
     head = scalar_head(head_module.head_name, head_module.policy)
     head_params = head.init(rng, jnp.zeros((1, head_module.cfg.hidden_size), F32))["params"]
     return {"model": lm_params["model"], head_module.head_name: head_params}
+
+
+def head_to_torch(params, head_name: str) -> dict:
+    """A scalar head under the reference's names: '<head>.weight' (1, H) and '<head>.bias' (1,)."""
+    import numpy as np
+    head = params[head_name]
+    return {f"{head_name}.weight": np.asarray(head["kernel"]).T, f"{head_name}.bias": np.asarray(head["bias"])}
+
+
+def load_reward_model(path, cfg: MiniMindConfig):
+    """(module, params) of a reward model saved by the trainer's reward stage: the backbone under the reference's
+    names plus `score_head.weight` / `score_head.bias`. One-line errors name the file and what is missing."""
+    import numpy as np
+    from minimind_jax.convert import params_from_torch, read_state_dict
+    name = MiniMindRewardModel.head_name
+    tensors = dict(read_state_dict(path))
+    if f"{name}.weight" not in tensors or f"{name}.bias" not in tensors:
+        raise ValueError(f"{path}: no {name}.weight / {name}.bias: not a reward model (train one with --stage reward)")
+    head = {"kernel": np.asarray(tensors.pop(f"{name}.weight"), np.float32).T,
+            "bias": np.asarray(tensors.pop(f"{name}.bias"), np.float32)}
+    backbone = params_from_torch({k: np.asarray(v, np.float32) for k, v in tensors.items()}, cfg, source=str(path))
+    return MiniMindRewardModel(cfg), {"model": backbone["model"], name: head}

@@ -81,7 +81,7 @@ def test_stage_all_runs_end_to_end(tmp_path):
 def test_reward_model_trains_saves_and_loads(tmp_path, pretrained, sample_slices):
     import json
     from minimind_jax import MiniMindConfig
-    from train.stages.reward import load_reward_model
+    from minimind_jax.heads import load_reward_model
     out = tmp_path / "out"
     shutil.copytree(pretrained, out)
     rec = train(out, "reward", "--data_path", str(sample_slices["dpo"]), "--batch_size", "4", "--max_seq_len", "96",

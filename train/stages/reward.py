@@ -5,23 +5,21 @@ Every tenth pair is held out; after training, the pairwise accuracy on them goes
 are the backbone under the reference's names plus `score_head.weight` / `score_head.bias`; RL stages load them
 with `--reward_model reward`.
 """
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file
 
 import losses
-from minimind_jax import MiniMindConfig, MiniMindRewardModel
-from minimind_jax.convert import params_from_torch, params_to_torch
+from minimind_jax import MiniMindRewardModel
+from minimind_jax.convert import params_to_torch
 from minimind_jax.data import open_dataset
-from minimind_jax.heads import init_head_params
+from minimind_jax.heads import head_to_torch, init_head_params
 from train import rng
 from train.batches import held_out_split
 from train.stage import Stage
 from train.weights import start_params
 
-HEAD = "score_head"
+HEAD = MiniMindRewardModel.head_name
 
 
 def init(run):
@@ -68,18 +66,7 @@ def evaluate(run, state, frozen) -> dict:
 
 
 def export(run, params, frozen) -> dict:
-    head = params[HEAD]
-    return {**params_to_torch({"model": params["model"]}, run.config.model),
-            f"{HEAD}.weight": np.asarray(head["kernel"]).T, f"{HEAD}.bias": np.asarray(head["bias"])}
-
-
-def load_reward_model(path, cfg: MiniMindConfig):
-    """(module, params) of a reward model saved by this stage."""
-    tensors = load_file(str(path))
-    head = {"kernel": tensors.pop(f"{HEAD}.weight").astype(np.float32).T,
-            "bias": tensors.pop(f"{HEAD}.bias").astype(np.float32)}
-    backbone = params_from_torch({k: v.astype(np.float32) for k, v in tensors.items()}, cfg)
-    return MiniMindRewardModel(cfg), {"model": backbone["model"], HEAD: head}
+    return {**params_to_torch({"model": params["model"]}, run.config.model), **head_to_torch(params, HEAD)}
 
 
 STAGE = Stage(
