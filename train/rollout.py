@@ -108,7 +108,7 @@ def load_reward_fn(spec: str):
 
 def reward_model_scorer(config: TrainConfig, tokenizer):
     """texts -> float32 [N] scores of the reward model named by --reward_model."""
-    from train.stages.reward import load_reward_model
+    from minimind_jax.heads import load_reward_model
     cfg: MiniMindConfig = config.model
     try:
         path = resolve_weights(config.reward.reward_model, config.checkpoint.out_dir, cfg, "--reward_model")
@@ -203,6 +203,18 @@ def sampling3(run) -> dict:
 def with_sampling3(run):
     """The run with MiniMind-3's sampling settings in its rollout section (`sample` reads them from there)."""
     return dataclasses.replace(run, config=run.config.replace(rollout=sampling3(run)))
+
+
+_RUNS3 = {}
+
+
+def as_run3(run):
+    """The run as MiniMind-3 samples and scores it: its sampler settings and rule reward, built once per run (a
+    reward model loads once)."""
+    if id(run) not in _RUNS3:
+        _RUNS3.clear()
+        _RUNS3[id(run)] = dataclasses.replace(with_sampling3(run), score=make_scorer3(run))
+    return _RUNS3[id(run)]
 
 
 def make_scorer3(run):
@@ -309,15 +321,15 @@ def bucket(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def turn_sampler(run, params, key, rows_multiple: int = 1, width_multiple: int = 64):
-    """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and a bucketed
-    number of rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
-    its eos."""
+def turn_sampler(run, params, key, width_multiple: int = 64):
+    """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and to a power
+    of two of rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
+    its eos. Buckets keep the compiled programs few as rollouts finish and contexts grow."""
     tok, calls = run.tokenizer, [0]
 
     def generate_turn(contexts: list[list[int]]) -> list[list[int]]:
         n, W = len(contexts), bucket(max(map(len, contexts)), width_multiple)
-        rows = contexts + [contexts[0]] * (bucket(n, rows_multiple) - n)
+        rows = contexts + [contexts[0]] * ((1 << (n - 1).bit_length()) - n)
         ids = np.full((len(rows), W), tok.pad_id, np.int32)
         mask = np.zeros((len(rows), W), np.int32)
         for i, c in enumerate(rows):

@@ -2,40 +2,46 @@
 
 ratio = exp(logp - stop_grad(logp)) is 1 in value, so the gradient is the policy gradient (one update per
 rollout, as the reference).
+
+MiniMind-3 (`--minimind 3`) changes the objective: CISPO by default (`--loss_type cispo`: the capped ratio weighs
+every token's log-prob) or the clipped surrogate (`--loss_type grpo`), advantages normalised by the group's
+population std only, MiniMind-3's rule reward, and its sampler (top_k 50, top_p 0.85).
 """
 import jax
 import jax.numpy as jnp
 
 import losses
-from train.rollout import rollout_batch
+from train.rollout import as_run3, rollout_batch
 from train.stage import Stage, rl_schedule
-from train.stages.common import init_with_reference, policy_gradient_loss, rl_start_weight
+from train.stages.common import init_with_reference, kl_regularized_loss, rl_start_weight
 
 
 def prepare(run, state, frozen, arrays, host, step):
+    if run.config.model.generation == 3:
+        return prepare3(run, state, frozen, arrays, host, step)
     G = run.config.rollout.num_generations
     batch, info = rollout_batch(run, state.params, frozen, arrays, host, step, num_generations=G)
     batch["advantages"] = jax.vmap(lambda r: losses.grpo_advantages(r, G))(jnp.asarray(batch["rewards"]))
     return batch, info, None
 
 
-def make_loss(run):
-    o = run.config.objective
-
-    def objective(logps, batch):
-        return losses.grpo_loss(logps, batch["ref_logps"], batch["advantages"], batch["completion_mask"], o.beta,
-                                kl_estimator=o.kl_estimator, return_metrics=True)
-    return policy_gradient_loss(run, objective)
+def prepare3(run, state, frozen, arrays, host, step):
+    G = run.config.rollout.num_generations
+    batch, info = rollout_batch(as_run3(run), state.params, frozen, arrays, host, step, num_generations=G)
+    batch["advantages"] = jax.vmap(lambda r: losses.group_advantages(r, G))(jnp.asarray(batch["rewards"]))
+    return batch, info, None
 
 
 STAGE = Stage(
     name="grpo",
-    generations=(2,),          # MiniMind-3 has its own RL objectives
+    generations=(2, 3),
     defaults=dict(learning_rate=8e-8, batch_size=2, accumulation_steps=1, max_seq_len=66, max_gen_len=1536,
                   epochs=1, beta=0.02, from_weight=rl_start_weight, save_weight="grpo"),
+    defaults3=dict(learning_rate=3e-7, max_seq_len=768, max_gen_len=1024, beta=0.1, num_generations=6,
+                   thinking_ratio=0.9, from_weight="full_sft", loss_type="cispo"),
     data_file="rlaif.jsonl",
     dataset="rlaif",
-    make_loss=make_loss,
+    make_loss=lambda run: kl_regularized_loss(run, losses.grpo_loss),
     init=init_with_reference,
     schedule=rl_schedule,
     prepare=prepare,

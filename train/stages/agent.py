@@ -1,0 +1,118 @@
+"""Agent RL (MiniMind-3): tool-using rollouts over several turns, group-normalised advantages, CISPO or GRPO-clip.
+
+Each prompt (a question whose answer needs the tools in its system message) is rolled out G times. All rollouts
+advance one turn per batched sampler call; the tool calls of a turn run on the host, sandboxed (train/tools.py),
+and their results are appended as observation tokens before the next turn. The loss trains every generated token
+(each turn through its eos) and none of the prompt or observation tokens. The reward (losses/rewards3.py:
+agent_reward) scores the tool calls against the row's `gt` facts and the final answer.
+
+One update per rollout, from the weights that sampled it: the ratio is 1 in value (no old-policy copy), so the
+update is the policy gradient weighted by the group advantages, plus beta times k3 to the frozen reference.
+
+Tiny runs (`--preset tiny`) default to short turns and a few steps so that the stage finishes in minutes on CPU.
+"""
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import losses
+from losses.rewards3 import agent_reward
+from train import rng
+from train.rollout import (agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler,
+                           with_sampling3)
+from train.stage import Stage, rl_schedule
+from train.stages.common import init_with_reference
+from train.tools import registry
+
+tiny = lambda tiny_value, value: (lambda a: tiny_value if a.preset == "tiny" else value)
+
+
+@functools.lru_cache(maxsize=4)
+def _tools(spec: str | None):
+    return registry(spec)
+
+
+def tool_names(tools) -> set[str]:
+    """The names of the tools a prompt offers (its system message's schemas)."""
+    return {(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)}
+
+
+def score(trajs, gt, offered, checks, G: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rewards float32 [N], {part: float32 [N]}) of N = B * G trajectories, rollout i from prompt i // G."""
+    scored = [agent_reward(t.turns, gt[i // G], offered[i // G], t.unfinished, checks) for i, t in enumerate(trajs)]
+    names = sorted({k for _, parts in scored for k in parts})
+    parts = {k: np.array([p.get(k, 0.0) for _, p in scored], np.float32) for k in names}
+    return np.array([r for r, _ in scored], np.float32), parts
+
+
+def prepare(run, state, frozen, arrays, host, step):
+    c, r3 = run.config, run.config.rl3
+    G, tok = c.rollout.num_generations, run.tokenizer
+    A, B, P = arrays["prompt_ids"].shape
+    ids, mask = arrays["prompt_ids"].reshape(A * B, P), arrays["prompt_mask"].reshape(A * B, P)
+    prompts = [list(row[m == 1]) for row, m in zip(ids, mask) for _ in range(G)]            # N = A*B*G
+    thinking = np.repeat(arrays["open_thinking"].reshape(-1), G)
+    tools, checks = _tools(r3.tools)
+
+    sampler = turn_sampler(with_sampling3(run), state.params, rng.draw(c.seed, "rollout", step))
+    trajs, times = agent_rollouts(sampler, tok, prompts, thinking, tools, max_turns=r3.max_turns,
+                                  max_total_len=r3.max_total_len, timeout=r3.tool_timeout)
+    rewards, parts = score(trajs, host["gt"], [tool_names(t) for t in host["tools"]], checks, G)
+
+    t0 = time.perf_counter()
+    longest = max(min(len(t.context), r3.max_total_len) for t in trajs)
+    packed = pack_trajectories(trajs, r3.max_total_len, tok.pad_id, width=min(bucket(longest, 64), r3.max_total_len))
+    seq, amask = packed["sequences"], packed["attention_mask"]
+    loss_mask = losses.spans_through_first_eos(seq[:, 1:], packed["response_mask"][:, 1:], tok.eos_id)   # [N, T-1]
+    batch = {"sequences": seq, "attention_mask": amask, "loss_mask": np.asarray(loss_mask),
+             "ref_logps": np.asarray(sequence_logps(run.model, frozen["ref"], seq, amask)),
+             "advantages": np.asarray(losses.group_advantages(rewards, G)), "rewards": rewards}
+    batch = jax.tree.map(lambda x: np.asarray(x).reshape(A, B * G, *np.shape(x)[1:]), batch)
+
+    calls = np.array([t.calls for t in trajs])
+    trained = np.asarray(loss_mask).sum(-1)
+    info = {"reward": float(rewards.mean()), **{f"reward_{k}": float(v.mean()) for k, v in parts.items()},
+            "tool_calls": float(calls.mean()),
+            "tool_error_rate": float(sum(t.errors for t in trajs) / max(calls.sum(), 1)),
+            "turns": float(np.mean([len(t.turns) for t in trajs])),
+            "unfinished": float(np.mean([t.unfinished for t in trajs])),
+            "response_len": float(trained.mean()), "completion_tokens": int(trained.sum()),
+            "rollout_s": times["generate_s"], "tools_s": times["tools_s"], "logps_s": time.perf_counter() - t0}
+    return batch, info, None
+
+
+def make_loss(run):
+    model, r3, beta = run.model, run.config.rl3, run.config.objective.beta
+
+    def loss_fn(params, batch, key, frozen, extra):
+        seq, amask = batch["sequences"], batch["attention_mask"]
+        out = model.apply({"params": params}, seq[:, :-1], attention_mask=amask[:, :-1], train=True,
+                          rngs={"dropout": key})
+        logps = losses.token_logprobs(out.logits, seq[:, 1:])                                 # [N, T-1]
+        pg, metrics = losses.group_policy_loss(logps, None, batch["ref_logps"], batch["advantages"],
+                                               batch["loss_mask"], beta=beta, loss_type=r3.loss_type,
+                                               epsilon=r3.epsilon, epsilon_high=r3.epsilon_high,
+                                               skip_empty_rows=True, return_metrics=True)
+        loss = pg + out.aux_loss
+        return loss, {"loss": loss, "policy_loss": pg, "aux_loss": out.aux_loss, **metrics}
+
+    return loss_fn
+
+
+STAGE = Stage(
+    name="agent",
+    generations=(3,),
+    defaults=dict(learning_rate=tiny(1e-5, 3e-7), batch_size=tiny(4, 2), accumulation_steps=1,
+                  max_seq_len=tiny(512, 1024), max_gen_len=tiny(48, 768), epochs=1, beta=0.1,
+                  max_steps=tiny(4, None), thinking_ratio=tiny(0.0, 0.1), from_weight="full_sft",
+                  save_weight="agent"),
+    data_file="agent.jsonl",
+    dataset="agent",
+    make_loss=make_loss,
+    init=init_with_reference,
+    schedule=rl_schedule,
+    prepare=prepare,
+)
