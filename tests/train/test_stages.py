@@ -78,6 +78,22 @@ def test_stage_all_runs_end_to_end(tmp_path):
         assert (tmp_path / f"{name}_64" / "weights.safetensors").exists(), name
 
 
+def test_minimind3_pipeline_runs_end_to_end(tmp_path):
+    """`--minimind 3`: the SFT-family pipeline on the embedded generation-3 sample, with its tokenizer, formats and
+    model (QK-norm weights under upstream's names in every export)."""
+    import json
+    from safetensors.numpy import load_file
+    from train.run import main
+    main(["--stage", "all", "--preset", "tiny", "--minimind", "3", "--max_steps", "2", "--out_dir", str(tmp_path),
+          "--batch_size", "4", "--max_seq_len", "96", "--dtype", "float32"])
+    for name in ("pretrain", "full_sft", "lora_identity", "full_dist", "dpo"):
+        run_dir = tmp_path / f"{name}_64"
+        assert json.loads((run_dir / "config.json").read_text())["generation"] == 3, name
+        keys = set(load_file(str(run_dir / "weights.safetensors")))
+        assert name == "lora_identity" or "model.layers.0.self_attn.q_norm.weight" in keys, name
+    assert not (tmp_path / "reason_64").exists()          # no reasoning stage at generation 3
+
+
 def test_reward_model_trains_saves_and_loads(tmp_path, pretrained, sample_slices):
     import json
     from minimind_jax import MiniMindConfig
