@@ -2,8 +2,10 @@
 
 Written from the specification: RMSNorm, rotate-half RoPE, GQA through torch's fused SDPA (as the reference uses
 when available), SwiGLU, tied embeddings, and the reference's MoE (a Python loop over experts while training).
-Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it.
+Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it. Runs on CPU (fp32) or CUDA, where
+`dtype="bfloat16"` trains under bf16 autocast with fp32 weights, as the reference trains on GPU.
 """
+import contextlib
 import math
 import time
 
@@ -92,7 +94,8 @@ class MoE(nn.Module):
         y = (y.view(*w.shape, -1) * w.unsqueeze(-1)).sum(1).view(B, T, H)
         for s in self.shared:
             y = y + s(x)
-        ce = torch.zeros(B, self.n).scatter_add_(1, idx.view(B, -1), torch.ones(B, T * self.k)).div_(T * self.k / self.n)
+        ce = x.new_zeros(B, self.n, dtype=torch.float32).scatter_add_(
+            1, idx.view(B, -1), x.new_ones(B, T * self.k, dtype=torch.float32)).div_(T * self.k / self.n)
         aux = (ce * scores.view(B, T, -1).mean(1)).sum(1).mean() * 0.01
         return y, aux
 
@@ -127,7 +130,9 @@ class MiniMind(nn.Module):
         """-> (logits, aux); with `past` (a list of per-layer (k, v), [] to start) -> (logits, aux, new past)."""
         start = past[0][0].shape[1] if past else 0
         cos, sin = rope_tables(self.layers[0].self_attn.hd, start + ids.shape[1], self.theta)
-        cos, sin = cos[start:], sin[start:]
+        cos, sin = cos[start:].to(ids.device), sin[start:].to(ids.device)
+        if self.embed_tokens.weight.dtype != torch.float32:      # bf16 weights (decoding)
+            cos, sin = cos.to(self.embed_tokens.weight.dtype), sin.to(self.embed_tokens.weight.dtype)
         x, aux, new = self.embed_tokens(ids), 0.0, []
         for i, layer in enumerate(self.layers):
             x, a, kv = layer(x, cos, sin, past[i] if past else None)
@@ -137,65 +142,117 @@ class MiniMind(nn.Module):
 
 
 def best_seconds(fn, repeat: int) -> float:
-    """Best wall-clock seconds of fn() over `repeat` calls, after one warm-up call."""
+    """Best wall-clock seconds of fn() over `repeat` calls, after one warm-up call (CUDA work waited for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
+    sync()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=5, threads=None) -> dict:
-    """fp32 train steps of the reference recipe: masked CE + aux, AdamW, global-norm clip 1.0."""
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    c = dict(hidden=hidden, layers=layers, heads=8, kv_heads=2, vocab=6400, moe=moe, top_k=2, experts=4, shared=1)
-    model = MiniMind(c)
+def _config(hidden, layers, moe):
+    return dict(hidden=hidden, layers=layers, heads=8, kv_heads=2, vocab=6400, moe=moe, top_k=2, experts=4, shared=1)
+
+
+def _autocast(device: str, dtype: str):
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_train_step(model, batch: int, seq: int, device: str, dtype: str):
+    """One reference train step (masked CE + aux, AdamW, global-norm clip 1.0) as a closure."""
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    x = torch.randint(0, 6400, (batch, seq))
-    y = torch.randint(0, 6400, (batch, seq))
-    mask = torch.ones(batch, seq)
+    x = torch.randint(0, 6400, (batch, seq), device=device)
+    y = torch.randint(0, 6400, (batch, seq), device=device)
+    mask = torch.ones(batch, seq, device=device)
 
     def step():
-        logits, aux = model(x)
-        ce = F.cross_entropy(logits.view(-1, 6400), y.view(-1), reduction="none").view(batch, seq)
+        with _autocast(device, dtype):
+            logits, aux = model(x)
+        ce = F.cross_entropy(logits.float().view(-1, 6400), y.view(-1), reduction="none").view(batch, seq)
         loss = (ce * mask).sum() / mask.sum() + aux
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    return step
 
-    best = best_seconds(step, steps)
+
+def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=5, threads=None, device="cpu",
+                       dtype="float32") -> dict:
+    """Train steps of the reference recipe; dtype 'bfloat16': bf16 autocast over fp32 weights."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = MiniMind(_config(hidden, layers, moe)).to(device)
+    best = best_seconds(make_train_step(model, batch, seq, device, dtype), steps)
     return {"tokens_per_s": batch * seq / best, "step_s": best,
             "params": sum(p.numel() for p in model.parameters())}
 
 
-@torch.no_grad()
-def decode_tokens_per_s(hidden=512, layers=8, batch=4, prompt=66, new=256, repeat=2, threads=None) -> dict:
-    """New tokens/s of the reference's sampler (HF generate: a KV cache, one forward per token, temperature and
-    top-p sampling on the last logits), run to full length."""
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    c = dict(hidden=hidden, layers=layers, heads=8, kv_heads=2, vocab=6400, moe=False, top_k=2, experts=4, shared=1)
-    model = MiniMind(c).eval()
-    ids = torch.randint(0, 6400, (batch, prompt))
+def _sampler(model, batch: int, prompt: int, new: int, device: str):
+    ids = torch.randint(0, 6400, (batch, prompt), device=device)
 
     def sample(logits, temperature=0.85, top_p=0.85):
-        probs = (logits / temperature).softmax(-1)
+        probs = (logits.float() / temperature).softmax(-1)
         sorted_p, order = probs.sort(-1, descending=True)
         sorted_p[sorted_p.cumsum(-1) - sorted_p > top_p] = 0
         return order.gather(-1, torch.multinomial(sorted_p, 1))
 
+    @torch.no_grad()
     def generate():
         logits, _, past = model(ids, [])
         token = sample(logits[:, -1])
+        out = [token]
         for _ in range(new - 1):
             logits, _, past = model(token, past)
             token = sample(logits[:, -1])
+            out.append(token)
+        return torch.cat([ids] + out, 1)
+    return generate
 
-    best = best_seconds(generate, repeat)
+
+@torch.no_grad()
+def decode_tokens_per_s(hidden=512, layers=8, batch=4, prompt=66, new=256, repeat=2, threads=None, device="cpu",
+                        dtype="float32") -> dict:
+    """New tokens/s of the reference's sampler (HF generate: a KV cache, one forward per token, temperature and
+    top-p sampling on the last logits), run to full length; dtype 'bfloat16': bf16 weights."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = MiniMind(_config(hidden, layers, False)).eval().to(device)
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    best = best_seconds(_sampler(model, batch, prompt, new, device), repeat)
     return {"new_tokens_per_s": batch * new / best, "seconds": best}
+
+
+def grpo_step_seconds(hidden=512, layers=8, prompts=2, generations=8, prompt=66, new=256, repeat=2, device="cpu",
+                      dtype="float32") -> dict:
+    """Seconds of one reference-style GRPO step, from the reference's own pieces: sample `generations` completions
+    of each prompt (the KV-cache sampler, bf16 weights when dtype is bfloat16), score them with a frozen reference
+    copy (one no-grad forward), then one policy train step over prompt + completion."""
+    torch.manual_seed(0)
+    policy = MiniMind(_config(hidden, layers, False)).to(device)
+    reference = MiniMind(_config(hidden, layers, False)).eval().to(device)
+    sampler_model = MiniMind(_config(hidden, layers, False)).eval().to(device)
+    if dtype == "bfloat16":
+        sampler_model, reference = sampler_model.to(torch.bfloat16), reference.to(torch.bfloat16)
+    rows = prompts * generations
+    generate = _sampler(sampler_model, rows, prompt, new, device)
+    train = make_train_step(policy, rows, prompt + new, device, dtype)
+    seqs = generate()
+
+    @torch.no_grad()
+    def score():
+        reference(seqs)
+
+    parts = {"rollout_s": best_seconds(generate, repeat), "score_s": best_seconds(score, repeat),
+             "update_s": best_seconds(train, repeat)}
+    return {**parts, "step_s": sum(parts.values())}

@@ -45,7 +45,8 @@ def engine_step(preset: str, dtype: str, accumulation: int, batch: int, seq: int
     model = MiniMindForCausalLM(cfg, policy=get_policy(dtype))
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     tx = optim.adamw(optim.sft_schedule(5e-4, 1000 * accumulation, accumulation))
-    state = TrainState.create(params, tx, jax.random.PRNGKey(0))
+    # Own buffers per leaf: the step donates the state, and a buffer shared by two leaves cannot be donated twice.
+    state = jax.tree.map(jnp.array, TrainState.create(params, tx, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (accumulation, batch, seq + 1)).astype(np.int32)
     data = {"input_ids": jnp.asarray(ids[..., :-1]), "labels": jnp.asarray(ids[..., 1:]),
@@ -72,14 +73,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="dense fp32 and bf16 at accumulation 1 only")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--models", default="small,moe", help="comma-separated presets among small, moe")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated among float32, bfloat16")
     p.add_argument("--out", default="bench/results/train.json")
     a = p.parse_args(argv)
 
     roof = {"float32": matmul_roofline(jnp.float32), "bfloat16": matmul_roofline(jnp.bfloat16)}
     print(f"matmul roofline: fp32 {roof['float32'] / 1e9:.0f} GFLOP/s, bf16 (f32 acc) {roof['bfloat16'] / 1e9:.0f} GFLOP/s")
-    # MoE at accumulation 1 only: its step computes every expert densely (~19 s per micro-batch here)
-    cases = [("small", d, acc) for d in ("float32", "bfloat16") for acc in (1, 8)]
-    cases += [("moe", d, 1) for d in ("float32", "bfloat16")]
+    # MoE at accumulation 1 only (its step is the slowest)
+    models, dtypes = a.models.split(","), a.dtypes.split(",")
+    cases = [("small", d, acc) for d in dtypes for acc in (1, 8) if "small" in models]
+    cases += [("moe", d, 1) for d in dtypes if "moe" in models]
     if a.quick:
         cases = [("small", "float32", 1), ("small", "bfloat16", 1)]
     rows = []
@@ -96,7 +100,8 @@ def main(argv=None):
         except ImportError:
             print("torch is not installed: skipping the reference (pip install 'minimind-jax[torch]')")
         else:
-            for preset, moe in (("small", False),) + ((("moe", True),) if not a.quick else ()):
+            refs = [(m, m == "moe") for m in models if m in ("small", "moe") and not (a.quick and m == "moe")]
+            for preset, moe in ([("small", False)] if a.quick else refs):
                 cfg = MiniMindConfig.from_preset(preset)
                 r = train_tokens_per_s(cfg.hidden_size, cfg.num_hidden_layers, moe, a.batch, a.seq, a.steps)
                 rows.append({"impl": "reference (torch)", "model": preset, "dtype": "float32", "accum": 1,

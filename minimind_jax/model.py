@@ -24,7 +24,10 @@ import numpy as np
 from flax import struct, traverse_util
 from jax import lax
 
+from minimind_jax import attention, dots, moe
+from minimind_jax.attention import attention_bias, causal_attention, grouped_attention, query_blocks  # noqa: F401
 from minimind_jax.config import MiniMindConfig
+from minimind_jax.moe import block_experts, dense_experts  # noqa: F401
 from minimind_jax.precision import POLICIES, Policy
 
 F32 = jnp.float32
@@ -41,21 +44,27 @@ class CausalLMOutput:
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of every position written so far, one [B, KV, S, HD] pair per layer.
+    """Keys and values of every position written so far, one pair per layer in `layout`: [B, KV, S, HD] ('BNSH',
+    what the CPU's attention reads) or [B, S, KV, HD] ('BSNH', the fused accelerator kernels').
 
     `mask[b, s]` is 1 where slot s holds a real (not padding) token; `index` is the number of slots written,
     i.e. the absolute position of the next token.
     """
-    k: tuple[jax.Array, ...]             # L x [B, KV, S, HD]
-    v: tuple[jax.Array, ...]             # L x [B, KV, S, HD]
+    k: tuple[jax.Array, ...]             # L x [B, KV, S, HD] | [B, S, KV, HD]
+    v: tuple[jax.Array, ...]
     mask: jax.Array                      # int32 [B, S]
     index: jax.Array                     # int32 scalar
+    layout: str = struct.field(pytree_node=False, default="BNSH")
 
     @classmethod
-    def create(cls, cfg: MiniMindConfig, batch: int, length: int, dtype=F32) -> "KVCache":
-        shape = (batch, cfg.num_key_value_heads, length, cfg.head_dim)
+    def create(cls, cfg: MiniMindConfig, batch: int, length: int, dtype=F32, layout: str | None = None) -> "KVCache":
+        """Empty cache; layout None: the one this backend's attention reads (attention.choose)."""
+        layout = layout or attention.cache_layout(attention.choose(dtype, cfg.head_dim))
+        KV, HD = cfg.num_key_value_heads, cfg.head_dim
+        shape = (batch, KV, length, HD) if layout == "BNSH" else (batch, length, KV, HD)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
-        return cls(k=zeros, v=zeros, mask=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32))
+        return cls(k=zeros, v=zeros, mask=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32),
+                   layout=layout)
 
     @property
     def length(self) -> int:
@@ -68,11 +77,11 @@ def matmul(x, kernel, policy: Policy):
     """x @ kernel over x's last axis: [..., K] x [K, N] -> [..., N] in the compute dtype.
 
     Flattened to one 2-D dot (3-D dot_general is slow on XLA:CPU) that accumulates in float32, which is also
-    what makes bf16 take the fast path on this CPU.
+    what makes bf16 take the fast path on this CPU; its backward keeps bf16 operands too (dots.dot).
     """
     cd = policy.compute_dtype
-    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(cd), kernel.astype(cd), preferred_element_type=F32)
-    return y.astype(cd).reshape(*x.shape[:-1], kernel.shape[-1])
+    y = dots.dot(x.reshape(-1, x.shape[-1]).astype(cd), kernel.astype(cd), cd)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 def matmul_parts(x, parts, policy: Policy):
@@ -83,8 +92,7 @@ def matmul_parts(x, parts, policy: Policy):
     """
     cd = policy.compute_dtype
     x2 = x.reshape(-1, x.shape[-1]).astype(cd)
-    y = jnp.concatenate([lax.dot_general(x2, p.astype(cd), (((1,), (1,)), ((), ())), preferred_element_type=F32)
-                         for p in parts], axis=-1).astype(cd)
+    y = jnp.concatenate([dots.dot_t(x2, p.astype(cd), cd) for p in parts], axis=-1)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -172,19 +180,6 @@ def apply_rope(x, cos, sin):
     return (x.astype(F32) * cos + rotated.astype(F32) * sin).astype(x.dtype)
 
 
-def attention_bias(positions, key_mask, key_length: int):
-    """Additive float32 bias [B, T, S]: -inf on future keys (causal), -1e9 on padded keys (the reference's values).
-
-    Every query may see its own key, so no row is all -inf.
-    """
-    key_positions = lax.iota(jnp.int32, key_length)                          # [S]
-    causal = jnp.where(key_positions[None, :] <= positions[:, None], 0.0, -jnp.inf).astype(F32)   # [T, S]
-    if key_mask is None:
-        return causal[None]                                                  # [1, T, S]
-    padding = jnp.where(key_mask > 0, 0.0, -1e9).astype(F32)                 # [B, S]
-    return causal[None] + padding[:, None, :]                                # [B, T, S]
-
-
 def dropout_seed(rng) -> jax.Array:
     """uint32[4] seed for every dropout mask of one forward pass, from the 'dropout' rng."""
     return jnp.concatenate([jnp.ravel(jax.random.key_data(rng))[:2].astype(jnp.uint32), jnp.zeros(2, jnp.uint32)])
@@ -208,95 +203,13 @@ def dropout(x, rate: float, seed, site: int):
     return x if scale is None else (x * scale).astype(x.dtype)
 
 
-@jax.custom_vjp
-def grouped_attention(q, k, v, bias, dropout_mask):
-    """softmax(q k^T + bias) v per kv group: q [B, KV, R*T, HD] (pre-scaled), k/v [B, KV, S, HD], bias [B|1, T, S],
-    dropout_mask None or [B, KV, R*T, S] of 0 and 1/keep -> [B, KV, R*T, HD].
-
-    The R = heads/kv_heads query heads that share a kv head are stacked along the query axis, so both products are
-    plain batched matmuls with no repeated keys (faster than a 5-D einsum). Scores and softmax are
-    float32; products take the operands' dtype and accumulate in float32.
-    """
-    return _attention_fwd(q, k, v, bias, dropout_mask)[0]
-
-
-def _softmax_probs(q, k, bias):
-    B, KV, RT, _ = q.shape
-    T, S = bias.shape[-2], k.shape[2]
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=F32)              # [B, KV, R*T, S]
-    scores = scores.reshape(B, KV, RT // T, T, S) + bias[:, None, None]
-    scores = scores - lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    e = jnp.exp(scores)
-    return (e / jnp.sum(e, axis=-1, keepdims=True)).reshape(B, KV, RT, S)
-
-
-def _attention_fwd(q, k, v, bias, dropout_mask):
-    probs = _softmax_probs(q, k, bias)                                                     # f32 [B, KV, R*T, S]
-    kept = probs if dropout_mask is None else probs * dropout_mask
-    out = jnp.einsum("bkqs,bksd->bkqd", kept.astype(v.dtype), v, preferred_element_type=F32).astype(q.dtype)
-    return out, (q, k, v, probs, dropout_mask, out)
-
-
-def _attention_bwd(res, d_out):
-    """The softmax backward without materialising its Jacobian: dS = P * (dP - rowsum(dO * O)).
-
-    rowsum(dO * O) equals rowsum(P * dP) (dropout included), a [.., R*T, 1] reduction instead of [.., R*T, S].
-    Hand-written because XLA's autodiff of the softmax takes ~2x longer on CPU.
-    """
-    q, k, v, probs, dropout_mask, out = res
-    cd = q.dtype
-    kept = probs if dropout_mask is None else probs * dropout_mask
-    d_v = jnp.einsum("bkqs,bkqd->bksd", kept.astype(cd), d_out, preferred_element_type=F32).astype(v.dtype)
-    d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out, v, preferred_element_type=F32)         # [B, KV, R*T, S]
-    if dropout_mask is not None:
-        d_probs = d_probs * dropout_mask
-    row = jnp.sum(d_out.astype(F32) * out.astype(F32), axis=-1, keepdims=True)            # [B, KV, R*T, 1]
-    d_scores = (probs * (d_probs - row)).astype(cd)
-    d_q = jnp.einsum("bkqs,bksd->bkqd", d_scores, k, preferred_element_type=F32).astype(q.dtype)
-    d_k = jnp.einsum("bkqs,bkqd->bksd", d_scores, q, preferred_element_type=F32).astype(k.dtype)
-    return d_q, d_k, d_v, None, None
-
-
-grouped_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-def query_blocks(T: int) -> int:
-    """Query blocks for causal attention over T positions: 3 skip 1/3 of the masked work at the reference's 340
-    (fwd+bwd ~30% faster on CPU than one block, more blocks lose it again to smaller products); short sequences
-    gain nothing."""
-    return 3 if T >= 192 else 1
-
-
-def causal_attention(q, k, v, bias, dropout_mask, blocks: int):
-    """grouped_attention when the keys are the queries' own T positions (no cache), in `blocks` query blocks:
-    block [s, e) attends only to keys [0, e), so most of the upper triangle that the causal mask discards is never
-    computed. Exactly the same function: the skipped keys have bias -inf for every query of the block.
-
-    q [B, KV, R*T, HD], k/v [B, KV, T, HD], bias [B|1, T, T], dropout_mask None or [B, KV, R*T, T].
-    """
-    if blocks == 1:
-        return grouped_attention(q, k, v, bias, dropout_mask)
-    B, KV, RT, HD = q.shape
-    T = k.shape[2]
-    R = RT // T
-    edges = np.linspace(0, T, blocks + 1).astype(int)
-    q5 = q.reshape(B, KV, R, T, HD)
-    outs = []
-    for s, e in zip(edges[:-1], edges[1:]):
-        qb = q5[:, :, :, s:e].reshape(B, KV, R * (e - s), HD)
-        mb = None if dropout_mask is None else dropout_mask.reshape(B, KV, R, T, T)[:, :, :, s:e, :e].reshape(
-            B, KV, R * (e - s), e)
-        ob = grouped_attention(qb, k[:, :, :e], v[:, :, :e], bias[:, s:e, :e], mb)       # [B, KV, R*(e-s), HD]
-        outs.append(ob.reshape(B, KV, R, e - s, HD))
-    return jnp.concatenate(outs, axis=3).reshape(B, KV, RT, HD)
-
-
 class Attention(nn.Module):
     cfg: MiniMindConfig
     policy: Policy
 
     @nn.compact
-    def __call__(self, x, cos, sin, bias, seed, site: int, cache_kv=None, index=None):
+    def __call__(self, x, cos, sin, mask: attention.Mask, seed, site: int, cache_kv=None, index=None,
+                 kv_layout: str = "BNSH"):
         """x [B, T, H] -> ([B, T, H], (k, v) the layer's updated cache or None). Dropout sites: site, site + 1."""
         cfg, policy = self.cfg, self.policy
         B, T, _ = x.shape
@@ -306,22 +219,26 @@ class Attention(nn.Module):
         v = Linear(KV * HD, policy, name="v_proj")(x).reshape(B, T, KV, HD)
         if cfg.qk_norm:                                                      # one weight [HD] shared by all heads
             q, k = rms_norm(cfg, policy, "q_norm")(q), rms_norm(cfg, policy, "k_norm")(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))               # [B, heads, T, HD]
-        if cache_kv is not None:                                             # write at `index`, attend to all S slots
-            k_cache, v_cache = cache_kv
-            k = lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
-            v = lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)              # [B, T, heads, HD]
+        if cache_kv is None:
+            kv_layout = "BSNH"
+        else:                                                                # write at `index`, attend to all S slots
+            k, v = (write_cache(c, new, index, kv_layout) for c, new in zip(cache_kv, (k, v)))
             cache_kv = (k, v)
-        q = q.reshape(B, KV, (NH // KV) * T, HD) * (1 / math.sqrt(HD))      # the heads that share a kv head
-        probs_dropout = dropout_scale(seed, site, q.shape[:3] + (k.shape[2],), cfg.dropout)
-        if cache_kv is None:                                                 # causal self-attention over T
-            out = causal_attention(q, k, v, bias, probs_dropout, query_blocks(T))
-        else:
-            out = grouped_attention(q, k, v, bias, probs_dropout)            # [B, KV, R*T, HD]
-        out = out.reshape(B, NH, T, HD).transpose(0, 2, 1, 3).reshape(B, T, NH * HD)
+        probs_dropout = None
+        if mask.impl == "grouped":                                           # only it draws attention dropout
+            probs_dropout = dropout_scale(seed, site, (B, KV, NH // KV * T, k.shape[1 if kv_layout == "BSNH" else 2]),
+                                          cfg.dropout)
+        out = attention.attend(q, k, v, mask, kv_layout, probs_dropout).reshape(B, T, NH * HD)
         out = Linear(cfg.hidden_size, policy, name="o_proj")(out)
         return dropout(out, cfg.dropout, seed, site + 1), cache_kv
+
+
+def write_cache(cache, new, index, layout: str):
+    """new [B, T, KV, HD] written into cache slots index..index+T-1 (cache in `layout`)."""
+    if layout == "BNSH":
+        return lax.dynamic_update_slice(cache, new.transpose(0, 2, 1, 3).astype(cache.dtype), (0, 0, index, 0))
+    return lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, index, 0, 0))
 
 
 class FeedForward(nn.Module):
@@ -358,62 +275,12 @@ def load_balance_loss(scores, topk_idx, cfg: MiniMindConfig, batch: int):
     return jnp.sum(scores.mean(axis=0) * f) * cfg.aux_loss_alpha
 
 
-def expert_block(tokens: int, cfg: MiniMindConfig) -> int | None:
-    """Rows per block of the block-sparse expert dispatch, or None for the dense one: blocks pay when the padding
-    they add (up to a block per expert) is small against the E - k experts a token skips (training, prefill);
-    a few decoding tokens are cheaper dense."""
-    E, k, block = cfg.n_routed_experts, cfg.num_experts_per_tok, 256
-    return block if tokens * (E - k) > 2 * E * block else None
-
-
-def dense_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx):
-    """Every expert on every token, unchosen ones weighted 0: sum_e w_e down_e(a_e) = [down_1..down_E] @ [w_e a_e].
-
-    x [N, H], w_gate/w_up [E, H, I], w_down [E, I, H], topk_* [N, k] -> [N, H] f32. E/k times the routed FLOPs.
-    """
-    N, E, I = x.shape[0], w_gate.shape[0], w_gate.shape[2]
-    combine = jnp.einsum("nk,nke->ne", topk_weight, jax.nn.one_hot(topk_idx, E, dtype=F32))             # [N, E]
-    gate = jnp.einsum("nh,ehi->nei", x, w_gate, preferred_element_type=F32)                              # [N, E, I]
-    up = jnp.einsum("nh,ehi->nei", x, w_up, preferred_element_type=F32)
-    act = (nn.silu(gate) * up * combine[:, :, None]).astype(x.dtype)
-    return jnp.dot(act.reshape(N, E * I), w_down.reshape(E * I, -1), preferred_element_type=F32)
-
-
-def block_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, block: int):
-    """The same sum over only the chosen (token, expert) pairs, with static shapes: the N*k pairs sorted by expert,
-    each expert's run padded to whole blocks of `block` rows, one batched matmul over the blocks with each block's
-    expert's weights, and the rows added back to their tokens. Padding rows have weight 0.
-
-    Slots M = N*k + E*(block-1) rounded up to blocks (~1.8x faster than dense fwd+bwd for 4 experts, top-2, at the
-    moe preset's 2720 tokens on CPU; jax.lax.ragged_dot measured slower than dense there).
-    """
-    N, H = x.shape
-    E, k = w_gate.shape[0], topk_idx.shape[1]
-    A = N * k
-    M = -(-(A + E * (block - 1)) // block) * block
-    expert = topk_idx.reshape(-1)                                            # [A] expert of each pair
-    order = jnp.argsort(expert, stable=True)
-    sizes = jnp.bincount(expert, length=E)                                   # [E] pairs per expert
-    padded = (sizes + block - 1) // block * block                            # [E] its run, whole blocks
-    padded_end = jnp.cumsum(padded)
-    sorted_start = jnp.cumsum(sizes) - sizes                                 # [E] its first pair in sorted order
-    sorted_expert = expert[order]
-    slot = (padded_end - padded)[sorted_expert] + jnp.arange(A) - sorted_start[sorted_expert]   # [A]
-    token = jnp.zeros((M,), jnp.int32).at[slot].set(order // k)              # [M] padding rows read token 0 ...
-    weight = jnp.zeros((M,), F32).at[slot].set(topk_weight.reshape(-1)[order])   # ... with weight 0
-    block_expert = jnp.minimum(jnp.searchsorted(padded_end, jnp.arange(M // block) * block, side="right"),
-                               E - 1)                                        # [M / block]
-    xb = x[token].reshape(M // block, block, H)
-    gate = jnp.einsum("bch,bhi->bci", xb, w_gate[block_expert], preferred_element_type=F32)
-    up = jnp.einsum("bch,bhi->bci", xb, w_up[block_expert], preferred_element_type=F32)
-    act = (nn.silu(gate) * up * weight.reshape(M // block, block, 1)).astype(x.dtype)
-    rows = jnp.einsum("bci,bih->bch", act, w_down[block_expert], preferred_element_type=F32).reshape(M, H)
-    return jnp.zeros((N, H), F32).at[token].add(rows)
-
-
 class Experts(nn.Module):
-    """E SwiGLU experts as stacked arrays [E, ...] (no Python loop over experts), run densely for a few tokens and
-    block-sparse for many (expert_block)."""
+    """E SwiGLU experts as stacked arrays [E, ...] (no Python loop over experts), dispatched by minimind_jax.moe:
+    dense for a few tokens, token slabs on CPU, grouped matmuls on accelerators.
+
+    With a capacity factor (cfg.moe_capacity_factor, when the config has one) pairs past their expert's slab are
+    dropped, and the dropped fraction is sown as 'moe_dropped_frac'."""
     cfg: MiniMindConfig
     policy: Policy
 
@@ -423,12 +290,11 @@ class Experts(nn.Module):
         w_gate = Kernel((E, H, I), self.policy, name="gate_proj")()
         w_up = Kernel((E, H, I), self.policy, name="up_proj")()
         w_down = Kernel((E, I, H), self.policy, name="down_proj")()
-        x = x.astype(self.policy.compute_dtype)
-        block = expert_block(x.shape[0], self.cfg)
-        if block is None:
-            out = dense_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx)
-        else:
-            out = block_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, block)
+        capacity_factor = getattr(self.cfg, "moe_capacity_factor", None)
+        out, dropped = moe.routed_experts(x.astype(self.policy.compute_dtype), w_gate, w_up, w_down, topk_weight,
+                                          topk_idx, capacity_factor)
+        if capacity_factor:
+            self.sow("intermediates", "moe_dropped_frac", dropped)
         return out.astype(self.policy.compute_dtype)
 
 
@@ -450,7 +316,7 @@ class MoEFeedForward(nn.Module):
         x2 = x.reshape(B * T, H)                                             # [N, H]
 
         router = Kernel((H, E), policy, name="gate")()                      # the reference's mlp.gate
-        logits = jnp.dot(x2.astype(policy.compute_dtype), router, preferred_element_type=F32)   # [N, E], route in f32
+        logits = dots.dot(x2.astype(policy.compute_dtype), router)          # [N, E], route in f32
         scores = jax.nn.softmax(logits, axis=-1)
         topk_weight, topk_idx = lax.top_k(scores, k)                         # [N, k]
         # Generation 3 renormalises a single pick too: its weight is then exactly 1, so the router learns from
@@ -474,11 +340,11 @@ class DecoderLayer(nn.Module):
     layer: int = 0                     # numbers this layer's dropout sites
 
     @nn.compact
-    def __call__(self, x, cos, sin, bias, train: bool, seed=None, cache_kv=None, index=None):
+    def __call__(self, x, cos, sin, mask, train: bool, seed=None, cache_kv=None, index=None, kv_layout="BNSH"):
         cfg, policy = self.cfg, self.policy
         site = 1 + 4 * self.layer                                            # site 0 is the embedding
         h, cache_kv = Attention(cfg, policy, name="self_attn")(rms_norm(cfg, policy, "input_layernorm")(x), cos, sin,
-                                                               bias, seed, site, cache_kv, index)
+                                                               mask, seed, site, cache_kv, index, kv_layout)
         x = x + h
         h = rms_norm(cfg, policy, "post_attention_layernorm")(x)
         ffn_seed = seed if cfg.generation == 2 else None                     # generation 3 has no FFN dropout
@@ -512,28 +378,30 @@ class MiniMindModel(nn.Module):
         B, T = input_ids.shape
         offset = 0 if cache is None else cache.index
         positions = offset + lax.iota(jnp.int32, T)                          # [T] absolute positions
+        seed = dropout_seed(self.make_rng("dropout")) if train and self.cfg.dropout > 0 else None
+        impl = attention.choose(self.policy.compute_dtype, self.cfg.head_dim, dropout=seed is not None)
         if cache is not None:                                                # keys are the cache's S slots
             new_mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
             key_mask = lax.dynamic_update_slice(cache.mask, new_mask, (0, offset))
-            bias = attention_bias(positions, key_mask, cache.length)
+            mask = attention.make_mask(impl, positions, key_mask, cache.length, cached=True)
         else:
-            bias = attention_bias(positions, attention_mask, T)
+            mask = attention.make_mask(impl, positions, attention_mask, T, cached=False)
         cos, sin = rope_tables(positions, self.cfg)
 
-        seed = dropout_seed(self.make_rng("dropout")) if train and self.cfg.dropout > 0 else None
         x = jnp.take(self.embed_tokens, input_ids, axis=0).astype(self.policy.compute_dtype)   # [B, T, H]
         x = dropout(x, self.cfg.dropout, seed, 0)
         aux = jnp.zeros((), F32)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, layer_aux, kv = layer(x, cos, sin, bias, train, seed, kv, offset)
+            x, layer_aux, kv = layer(x, cos, sin, mask, train, seed, kv, offset,
+                                     "BNSH" if cache is None else cache.layout)
             aux = aux + layer_aux
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         if cache is not None:
-            cache = KVCache(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=cache.index + T)
+            cache = cache.replace(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=cache.index + T)
         return self.norm(x), aux, cache
 
     def final_norm(self, hidden):
@@ -547,9 +415,8 @@ class MiniMindModel(nn.Module):
             return logits.astype(self.policy.output_dtype)
         cd = self.policy.compute_dtype
         h2 = hidden.reshape(-1, hidden.shape[-1]).astype(cd)
-        logits = lax.dot_general(h2, self.embed_tokens.astype(cd), (((1,), (1,)), ((), ())),
-                                 preferred_element_type=F32)                 # [N, V], no transposed copy
-        return logits.astype(self.policy.output_dtype).reshape(*hidden.shape[:-1], self.cfg.vocab_size)
+        logits = dots.dot_t(h2, self.embed_tokens.astype(cd), self.policy.output_dtype)   # [N, V], no transposed copy
+        return logits.reshape(*hidden.shape[:-1], self.cfg.vocab_size)
 
 
 def decode_layout(params, parts: int, dtype=None) -> dict:
