@@ -5,7 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
+from minimind_jax.data import SAMPLE3_DIR
 from tests.train.helpers import losses_of, train
+
+REPO3_SFT = SAMPLE3_DIR / "sft.jsonl"
 
 SHAPE = ["--batch_size", "8", "--max_seq_len", "64", "--accumulation_steps", "1"]
 
@@ -108,3 +111,26 @@ def test_reward_model_trains_saves_and_loads(tmp_path, pretrained, sample_slices
     model, params = load_reward_model(out / "reward_64" / "weights.safetensors", MiniMindConfig.from_preset("tiny"))
     ids = np.array([[1, 5, 9, 2, 0, 0]], np.int32)
     assert np.isfinite(np.asarray(model.apply({"params": params}, ids, (ids != 0).astype(np.int32)))).all()
+
+
+def test_an_upstream_minimind3_checkpoint_is_fine_tuned_and_exported_under_its_names(tmp_path, shared_path, capsys):
+    """Upstream MiniMind-3 weights (its state dict, saved as safetensors) train here with `--minimind 3` and come back
+    under exactly upstream's names; MiniMind-2 weights given to a MiniMind-3 run are refused in one line."""
+    from safetensors.numpy import load_file, save_file
+    from train.run import main
+    with np.load(shared_path("minimind3/golden/model_dense.npz")) as z:
+        keys = [str(k) for k in z["sd_keys"]]                # lm_head.weight listed, tied to the embedding
+        save_file({k: z[f"sd/{k}"] for k in keys if k != "lm_head.weight"}, str(tmp_path / "upstream.safetensors"))
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(open(REPO3_SFT).readlines()[:8]))
+    flags = ["--stage", "full_sft", "--minimind", "3", "--preset", "tiny", "--dtype", "float32", "--batch_size", "4",
+             "--max_seq_len", "96", "--max_steps", "2", "--data_path", str(data), "--out_dir", str(tmp_path / "out")]
+    main([*flags, "--from_weight", str(tmp_path / "upstream.safetensors")])
+    exported = load_file(str(tmp_path / "out" / "full_sft_64" / "weights.safetensors"))
+    assert set(exported) == set(keys)
+    gen2 = tmp_path / "gen2.safetensors"
+    save_file({k: v for k, v in exported.items() if "_norm" not in k or "layernorm" in k}, str(gen2))
+    with pytest.raises(SystemExit) as e:
+        main([*flags, "--from_weight", str(gen2), "--save_weight", "other"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: --from_weight") and "q_norm" in err[-1]
