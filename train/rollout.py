@@ -321,7 +321,7 @@ def bucket(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def turn_sampler(run, params, key, width_multiple: int = 64):
+def turn_sampler(run, params, key, width_multiple: int = 64, temperature: float | None = None):
     """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and to a power
     of two of rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
     its eos. Buckets keep the compiled programs few as rollouts finish and contexts grow."""
@@ -334,7 +334,7 @@ def turn_sampler(run, params, key, width_multiple: int = 64):
         mask = np.zeros((len(rows), W), np.int32)
         for i, c in enumerate(rows):
             ids[i, W - len(c):], mask[i, W - len(c):] = c, 1
-        seqs, cmask = sample(run, params, ids, mask, jax.random.fold_in(key, calls[0]))
+        seqs, cmask = sample(run, params, ids, mask, jax.random.fold_in(key, calls[0]), temperature)
         calls[0] += 1
         seqs, cmask = np.asarray(seqs)[:n, W:], np.asarray(cmask)[:n]
         return [list(s[:m.sum()]) for s, m in zip(seqs, cmask)]
