@@ -104,6 +104,8 @@ class MiniMindConfig:
     moe_intermediate_size: int | None = None   # each expert's width; None: intermediate_size
     qk_norm: bool | None = None                # RMSNorm over head_dim on q and k before RoPE; None: generation 3
     norm_weight_fp32: bool | None = None       # RMSNorm multiplies its weight before casting back; None: generation 3
+    # Optional routing (not the reference's): drop token-expert pairs past capacity_factor x an expert's balanced share
+    moe_capacity_factor: float | None = None
 
     def __post_init__(self):
         if self.generation not in GENERATION_DEFAULTS:
@@ -154,6 +156,8 @@ class MiniMindConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if self.moe_capacity_factor is None:         # not a reference field: only written when used
+            d.pop("moe_capacity_factor")
         if self.generation == 2:
             implied = dict(generation=2, head_dim=self.hidden_size // self.num_attention_heads,
                            moe_intermediate_size=self.intermediate_size, qk_norm=False, norm_weight_fp32=False)

@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     add("--hidden_size", type=int, default=None, help="model width (default: the preset's)")
     add("--num_hidden_layers", type=int, default=None, help="layers (default: the preset's)")
     add("--use_moe", type=int, default=None, choices=[0, 1], help="1: mixture-of-experts FFN (default: the preset's)")
+    add("--moe_capacity_factor", type=float, default=None,
+        help="MoE: drop token-expert pairs beyond this multiple of an expert's balanced share (logged as "
+             "moe_dropped_frac); default: none dropped, exact")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 on GPU/TPU, float32 on CPU")
     add = p.add_argument_group("optimisation (None: the stage's reference default)").add_argument

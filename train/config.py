@@ -335,7 +335,8 @@ class TrainConfig:
 def model_config(a: Namespace) -> MiniMindConfig:
     """The preset, with the size flags the user gave on top; an impossible shape is a one-line error."""
     overrides = {k: v for k, v in (("hidden_size", a.hidden_size), ("num_hidden_layers", a.num_hidden_layers),
-                                   ("use_moe", None if a.use_moe is None else bool(a.use_moe))) if v is not None}
+                                   ("use_moe", None if a.use_moe is None else bool(a.use_moe)),
+                                   ("moe_capacity_factor", a.moe_capacity_factor)) if v is not None}
     for flag in ("hidden_size", "num_hidden_layers"):
         if flag in overrides:
             _positive(flag, overrides[flag])

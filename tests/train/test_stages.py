@@ -134,3 +134,13 @@ def test_an_upstream_minimind3_checkpoint_is_fine_tuned_and_exported_under_its_n
         main([*flags, "--from_weight", str(gen2), "--save_weight", "other"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].startswith("error: --from_weight") and "q_norm" in err[-1]
+
+
+def test_capacity_routing_reports_what_it_drops(tmp_path, sample_slices):
+    """Exact MoE routing logs nothing extra; `--moe_capacity_factor` drops overflowing pairs and says how many."""
+    flags = ["--data_path", str(sample_slices["pretrain"]), "--use_moe", "1", "--batch_size", "4",
+             "--accumulation_steps", "1", "--max_seq_len", "32", "--max_steps", "2"]
+    exact = train(tmp_path / "exact", "pretrain", *flags)
+    dropping = train(tmp_path / "capped", "pretrain", *flags, "--moe_capacity_factor", "0.5")
+    assert "moe_dropped_frac" not in exact[0]
+    assert all(0.3 < r["moe_dropped_frac"] < 1 for r in dropping)     # half of a balanced share: most overflow

@@ -16,11 +16,20 @@ def lm_loss(run: Run, ce: Callable | None = None):
     lora and, with the tag-weighted CE, reason."""
     model, ce = run.model, ce or losses.masked_ce
 
+    capacity = run.config.model.moe_capacity_factor
+
     def loss_fn(params, batch, rng, frozen, extra):
-        out = model.apply({"params": params}, batch["input_ids"], train=True, rngs={"dropout": rng})  # logits [B, T, V]
+        inputs = ({"params": params}, batch["input_ids"])
+        if capacity:         # routing that drops pairs reports how many, through the model's intermediates
+            out, sown = model.apply(*inputs, train=True, rngs={"dropout": rng}, mutable=["intermediates"])
+            fracs = [x for path, x in jax.tree_util.tree_leaves_with_path(sown)
+                     if "moe_dropped_frac" in jax.tree_util.keystr(path)]               # one per MoE layer
+            dropped = {"moe_dropped_frac": jnp.mean(jnp.stack(fracs))}
+        else:
+            out, dropped = model.apply(*inputs, train=True, rngs={"dropout": rng}), {}          # logits [B, T, V]
         value = ce(out.logits, batch["labels"], batch["loss_mask"])
         loss = value + out.aux_loss
-        return loss, {"loss": loss, "ce": value, "aux_loss": out.aux_loss}
+        return loss, {"loss": loss, "ce": value, "aux_loss": out.aux_loss, **dropped}
 
     return loss_fn
 
