@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import losses
 from train.rollout import as_run3, rollout_batch
 from train.stage import Stage, rl_schedule
-from train.stages.common import init_with_reference, kl_regularized_loss, rl_start_weight
+from train.stages.common import init_with_reference, kl_regularized_loss, policy_gradient_loss, rl_start_weight
 
 
 def prepare(run, state, frozen, arrays, host, step):
@@ -32,6 +32,20 @@ def prepare3(run, state, frozen, arrays, host, step):
     return batch, info, None
 
 
+def make_loss(run):
+    """MiniMind-2: the reference's GRPO loss; MiniMind-3: CISPO or the clipped surrogate (--loss_type), the ratio
+    against the sampling policy (1 in value here: one update per rollout, as upstream)."""
+    if run.config.model.generation == 2:
+        return kl_regularized_loss(run, losses.grpo_loss)
+    r3, beta = run.config.rl3, run.config.objective.beta
+
+    def objective(logps, batch):
+        return losses.group_policy_loss(logps, batch.get("old_logps"), batch["ref_logps"], batch["advantages"],
+                                        batch["completion_mask"], beta=beta, loss_type=r3.loss_type,
+                                        epsilon=r3.epsilon, epsilon_high=r3.epsilon_high, return_metrics=True)
+    return policy_gradient_loss(run, objective)
+
+
 STAGE = Stage(
     name="grpo",
     generations=(2, 3),
@@ -41,7 +55,7 @@ STAGE = Stage(
                    thinking_ratio=0.9, from_weight="full_sft", loss_type="cispo"),
     data_file="rlaif.jsonl",
     dataset="rlaif",
-    make_loss=lambda run: kl_regularized_loss(run, losses.grpo_loss),
+    make_loss=make_loss,
     init=init_with_reference,
     schedule=rl_schedule,
     prepare=prepare,
