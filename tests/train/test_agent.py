@@ -1,0 +1,125 @@
+"""The agent stage: the tool sandbox, the batched multi-turn rollout against the reference's scripted rollout,
+a short real run, and exact resume of a MiniMind-3 RL stage."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
+from tests.train.helpers import train
+from train.rollout import agent_rollouts, pack_trajectories
+from train.tools import registry, run_tool
+
+G3 = ["--minimind", "3", "--from_weight", "none"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.load(SAMPLE3_TOKENIZER_DIR)
+
+
+def test_arithmetic_is_parsed_never_evaluated():
+    tools, _ = registry()
+    assert json.loads(run_tool(tools, "calculate_math", {"expression": "(598 + 12) × 3 − 7"})[0]) == {"result": 1823}
+    for attack in ('__import__("os").system("true")', "().__class__", "9**9**9", "[1] * 10**9", "lambda: 1"):
+        text, ok = run_tool(tools, "calculate_math", {"expression": attack})
+        assert not ok and "error" in json.loads(text) and "\n" not in text
+
+
+def test_sandbox_times_out_cuts_and_reports_failures():
+    tools, _ = registry()
+    tools.update(slow=lambda a: time.sleep(10), spin=lambda a: [None for _ in iter(int, 1)],
+                 big=lambda a: {"x": "y" * 10_000}, boom=lambda a: 1 / 0)
+    for name in ("slow", "spin"):
+        t0 = time.perf_counter()
+        text, ok = run_tool(tools, name, {}, timeout=0.2)
+        assert not ok and "timed out" in text and time.perf_counter() - t0 < 2
+    assert len(run_tool(tools, "big", {})[0]) == 2048
+    assert run_tool(tools, "boom", {}) == ('{"error": "boom: ZeroDivisionError: division by zero"}', False)
+    assert not run_tool(tools, "nope", {})[1]
+
+
+def test_user_tools_are_pluggable(tmp_path):
+    (tmp_path / "mytools.py").write_text("TOOLS = {'echo': lambda a: {'said': a.get('text')}}\n")
+    tools, checks = registry(f"{tmp_path / 'mytools.py'}:TOOLS")
+    assert run_tool(tools, "echo", {"text": "hi"}) == ('{"said": "hi"}', True)
+    assert checks["echo"]({}) and "calculate_math" in tools
+
+
+def test_scripted_rollout_matches_the_reference(tok, shared_path):
+    """The reference's rollout with a scripted policy: the same prompt, turns, observation tokens and masks —
+    except that each turn's eos is a trained target here (the reference drops it and re-tokenizes it as an
+    observation) and the rollout ends with the eos of its last turn."""
+    ref = json.loads(shared_path("minimind3/golden/data_minimind3.json").read_text())["agent_rollout"]
+    prompt = tok.encode(tok.apply_chat_template(ref["messages_in"], add_generation_prompt=True, tools=ref["tools"],
+                                                open_thinking=False))
+    assert prompt == ref["prompt_ids"]
+    script = iter(ref["scripted_turns"])
+    generate = lambda contexts: [tok.encode(next(script)) + [tok.eos_id] for _ in contexts]
+    (traj,), _ = agent_rollouts(generate, tok, [prompt], [False], registry()[0], max_turns=3, max_total_len=2500)
+    eos_at = ref["response_ids"].index(tok.eos_id)
+    expected_mask = ref["response_mask"][:eos_at] + [1] + ref["response_mask"][eos_at + 1:] + [1]
+    assert traj.tokens == ref["response_ids"] + [tok.eos_id]
+    assert traj.mask == expected_mask
+    assert traj.turns == ref["turn_outputs"] and not traj.unfinished and (traj.calls, traj.errors) == (1, 0)
+    assert tok.decode(traj.context) == ref["final_context"] + "<|im_end|>"
+
+
+def test_rollouts_advance_together_and_pack_like_the_reference(tok, golden_agent=None):
+    """Three rollouts in one batch: each sampler call gets every unfinished rollout; one stops at once, one calls a
+    tool twice and runs out of turns, one fails a call; packing keeps the last max_total_len tokens."""
+    call = '<tool_call>\n{"name": "calculate_math", "arguments": {"expression": "%s"}}\n</tool_call>'
+    scripts = [["no tools"], [call % "1+1", call % "2+2"], [call % "os.system()", "sorry"]]
+    batches = []
+
+    def generate(contexts):
+        batches.append(len(contexts))
+        return [tok.encode(s.pop(0)) + [tok.eos_id] for s in [x for x in scripts if x][:len(contexts)]]
+    prompts = [[1, 5, 6], [1, 7], [1, 8, 9, 10]]
+    trajs, _ = agent_rollouts(generate, tok, prompts, [False] * 3, registry()[0], max_turns=2, max_total_len=2500)
+    assert batches == [3, 2]
+    assert [len(t.turns) for t in trajs] == [1, 2, 2]
+    assert [t.unfinished for t in trajs] == [False, True, False]
+    assert [t.errors for t in trajs] == [0, 0, 1]
+    packed = pack_trajectories(trajs, 20, tok.pad_id)
+    assert packed["sequences"].shape == (3, 20)
+    for t, row, m, plen in zip(trajs, packed["sequences"], packed["response_mask"], packed["prompt_lens"]):
+        kept = (t.prompt + t.tokens)[-20:]
+        np.testing.assert_array_equal(row[:len(kept)], kept)
+        assert m[plen] == 1 and not m[:plen].any()
+
+
+def test_agent_stage_runs_two_steps(tmp_path):
+    records = train(tmp_path, "agent", *G3, "--max_steps", "2", "--batch_size", "2", "--num_generations", "2",
+                    "--max_gen_len", "8", "--max_seq_len", "512", "--max_total_len", "600")
+    assert len(records) == 2
+    for r in records:
+        for key in ("loss", "reward", "tool_calls", "tool_error_rate", "turns", "rollout_s", "tools_s", "update_s"):
+            assert np.isfinite(r[key])
+    assert (tmp_path / "agent_64" / "weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("stage,flags", [
+    ("ppo", ["--batch_size", "4", "--mini_batch_size", "2", "--learning_rate", "1e-4",
+             "--critic_learning_rate", "1e-4"]),
+    ("grpo", ["--batch_size", "2", "--num_generations", "2", "--loss_type", "grpo", "--learning_rate", "1e-4"]),
+])
+def test_minimind3_rl_resumes_exactly(tmp_path, stage, flags):
+    """Three steps in one go equal two steps, a stop, and a resumed third (weights, optimizer and the stage's
+    state all come back from the checkpoint)."""
+    common = [*G3, "--max_gen_len", "8", "--max_seq_len", "64", "--save_interval", "1", *flags]
+    whole = train(tmp_path / "whole", stage, *common, "--max_steps", "3")
+    train(tmp_path / "parts", stage, *common, "--max_steps", "2")
+    resumed = train(tmp_path / "parts", stage, *common, "--max_steps", "3", "--from_resume", "1")
+    assert resumed[-1]["step"] == 3
+    assert resumed[-1]["loss"] == pytest.approx(whole[-1]["loss"], rel=1e-5, abs=1e-7)
+    assert resumed[-1]["reward"] == whole[-1]["reward"]
+
+
+@pytest.mark.slow
+def test_agent_rl_raises_held_out_tool_accuracy(tmp_path):
+    """The learning experiment end to end (minutes on CPU): held-out accuracy rises beyond 2 standard errors."""
+    from experiments import agent_learn
+    r = agent_learn.main(["--work", str(tmp_path), "--out", str(tmp_path / "agent_learn.json")])
+    assert r["gain_se"] > 2, r
