@@ -13,7 +13,6 @@ weights saved; SIGTERM and SIGINT end the current step, save a checkpoint and ex
 import dataclasses
 import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -22,20 +21,23 @@ from typing import Callable
 import jax
 from tqdm import tqdm
 
-from minimind_jax import MiniMindForCausalLM, count_params, get_policy
+from minimind_jax import MiniMindForCausalLM, get_policy
 from minimind_jax.data import SAMPLE_DIRS, epoch_permutation, num_batches, open_dataset
 from minimind_jax.paths import WEIGHTS_FILE, weight_dir
 from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from train import checkpoint, optim, rng
 from train.batches import Rows, split_batch, step_rows
-from train.config import RESUME_ACCEPTABLE, TrainConfig
-from train.distributed import host_copy, sync
+from train.config import TrainConfig
+from train.console import config_record, short_data_warning, start_message
+from train.distributed import host_copy
 from train.evaluation import Evaluator
 from train.errors import UsageError
 from train.lock import RunLock
 from train.mesh import make_mesh, process_rows, replicated, state_sharding, to_global
 from train.metrics import MetricsLog, duration, summary
+from train.resume import check_fresh_start, clear_checkpoints, resolve_dtype, restore, run_identity
 from train.rollout import make_scorer
+from train.signals import Interrupted, Signals
 from train.stage import Run, Stage
 from train.state import LossScale, TrainState
 from train.step import make_train_step
@@ -44,20 +46,6 @@ from train.weights import write_export
 
 class Diverged(UsageError):
     """--nonfinite stop: too many non-finite steps in a row (the last good weights are saved)."""
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived: the run saved a checkpoint and ends (exit code 128 + the signal)."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
-def resolve_dtype(name: str) -> str:
-    if name == "auto":
-        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return name
 
 
 def build_run(stage: Stage, config: TrainConfig) -> Run:
@@ -140,16 +128,6 @@ def make_batch(s: Session, state: TrainState, step: int) -> tuple[dict, dict, di
     return to_global(arrays, s.run.mesh), info, extra
 
 
-def run_identity(stage: Stage, config: TrainConfig, run: Run, dataset) -> dict:
-    """What a checkpoint must share with a run to be resumed by it (see config.RESUME_ACCEPTABLE)."""
-    o = config.optim
-    return {"stage": stage.name, "model": config.model.to_dict(), "tokenizer": run.tokenizer.fingerprint[:16],
-            "data": dataset.fingerprint, "seed": config.seed, "batch_size": o.batch_size,
-            "accumulation_steps": o.accumulation_steps, "learning_rate": o.learning_rate, "epochs": o.epochs,
-            "grad_clip": o.grad_clip, "dtype": resolve_dtype(o.dtype),
-            "objective": dataclasses.asdict(config.objective)}
-
-
 def _open_dataset(stage: Stage, run: Run):
     d = run.config.data
     if not run.data_path.is_file():
@@ -171,7 +149,7 @@ def setup(stage: Stage, config: TrainConfig) -> Session:
     run = build_run(stage, config)
     mesh, o, ck = run.mesh, config.optim, config.checkpoint
     _check_mesh(stage, config, mesh)
-    _check_fresh_start(run)
+    check_fresh_start(run)
     params, frozen = stage.init(run)
     dataset = _open_dataset(stage, run)
     steps_per_epoch = num_batches(len(dataset), o.global_batch)
@@ -190,9 +168,9 @@ def setup(stage: Stage, config: TrainConfig) -> Session:
     identity = run_identity(stage, config, run, dataset)
     accepted = {}
     if ck.from_resume:
-        state, accepted = _restore(run, state, identity)
+        state, accepted = restore(run, state, identity)
     elif ck.overwrite:
-        _clear_checkpoints(run)
+        clear_checkpoints(run)
     update_extra = stage.update_extra(run) if stage.update_extra else None
     step_fn = jax.jit((stage.make_step or make_train_step)(stage.make_loss(run), tx, update_extra), donate_argnums=0,
                       out_shardings=(state_shardings, replicated(mesh)))
@@ -200,150 +178,11 @@ def setup(stage: Stage, config: TrainConfig) -> Session:
                    identity, accepted)
 
 
-def _has_checkpoints(run: Run) -> bool:
-    ckpt = run.run_dir / "checkpoints"
-    return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
-
-
-def _check_fresh_start(run: Run) -> None:
-    """A fresh run must not silently replace an earlier run's checkpoints."""
-    ck = run.config.checkpoint
-    if not ck.from_resume and not ck.overwrite and _has_checkpoints(run):
-        raise UsageError(f"{run.run_dir / 'checkpoints'} holds an earlier run's checkpoints: continue it with "
-                         f"--from_resume 1, replace it with --overwrite, or pick another --out_dir/--save_weight")
-
-
-def _clear_checkpoints(run: Run) -> None:
-    """--overwrite: the earlier run's checkpoints go (so a later --from_resume 1 can never continue a mixture of two
-    runs)."""
-    ckpt = run.run_dir / "checkpoints"
-    if jax.process_index() == 0 and ckpt.exists() and any(ckpt.iterdir()):
-        print(f"--overwrite: removing the earlier run's checkpoints in {ckpt}")
-        shutil.rmtree(ckpt)
-    sync("checkpoints cleared")      # no process may open the checkpoint directory before it is cleared
-
-
-def identity_changes(saved: dict, current: dict) -> dict[str, tuple]:
-    """{field: (checkpoint's, this run's)} of every identity field that differs."""
-    return {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-
-
-def _describe(field: str, values: tuple) -> str:
-    old, new = values
-    if isinstance(old, dict) and isinstance(new, dict):
-        parts = [f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        return f"{field} ({', '.join(parts[:4])}{', ...' if len(parts) > 4 else ''})"
-    return f"{field} {old} -> {new}"
-
-
-def _restore(run: Run, state: TrainState, identity: dict) -> tuple[TrainState, dict]:
-    """The newest whole checkpoint of this same run (and the identity changes the user accepted)."""
-    ckpt, accept = run.run_dir / "checkpoints", set(run.config.checkpoint.resume_accept)
-    accepted = {}
-
-    def check(meta: dict) -> None:
-        saved = meta.get("identity")
-        if saved is None:
-            raise UsageError(f"--from_resume: {ckpt} was written by an older version of this trainer (no run "
-                             f"identity); start afresh with --overwrite")
-        changes = identity_changes(saved, identity)
-        refused = {k: v for k, v in changes.items() if k not in accept}
-        if refused:
-            what = "; ".join(_describe(k, v) for k, v in refused.items())
-            if set(refused) <= set(RESUME_ACCEPTABLE):
-                raise UsageError(f"--from_resume: this run differs from the checkpoint's in {what}: accept with "
-                                 f"--resume_accept {','.join(refused)}")
-            raise UsageError(f"--from_resume: this run differs from the checkpoint's in {what}: that is another run "
-                             f"(use another --out_dir or --save_weight, or --overwrite to replace this one)")
-        accepted.update(changes)
-
-    result = checkpoint.restore_newest_whole(checkpoint.manager(ckpt), state, check)
-    if result is None:
-        print(f"--from_resume 1: no checkpoint in {ckpt}; starting from step 0")
-        return state, {}
-    restored, meta, skipped = result
-    if restored is None:
-        raise UsageError(f"--from_resume: no checkpoint in {ckpt} restores whole (newest: {skipped[0][0]}, "
-                         f"{skipped[0][1]}); start afresh with --overwrite")
-    aside = run.run_dir / "checkpoints.damaged"
-    for step, reason in skipped:
-        # Out of the way of the steps this run will save again, but kept: a damaged file is evidence.
-        if jax.process_index() == 0:
-            aside.mkdir(exist_ok=True)
-            shutil.move(str(ckpt / str(step)), str(aside / f"{step}.{int(time.time())}"))
-        print(f"--from_resume: skipped checkpoint {step} (does not restore whole: {reason}); moved to {aside}",
-              file=sys.stderr)
-    sync("damaged checkpoints moved")
-    step = int(jax.device_get(restored.step))
-    print(f"resumed from step {step} ({ckpt / str(step)})"
-          + (f"; accepted changes: {'; '.join(_describe(k, v) for k, v in accepted.items())}" if accepted else ""))
-    return restored, accepted
-
-
-def _config_record(config: TrainConfig) -> dict:
-    """The configuration as flat JSON-able scalars ('optim.learning_rate': 5e-4), for trackers such as wandb."""
-    flat = {}
-    for section, value in dataclasses.asdict(config).items():
-        for k, v in (value.items() if isinstance(value, dict) else [("", value)]):
-            if isinstance(v, (int, float, str, bool)):
-                flat[f"{section}.{k}" if k else section] = v
-    return flat
-
-
 # A hook into the loop, for experiments that drive the real engine: called once before the first step (with the
 # starting step and an empty record) and after every step with the session (its state already updated), the step
 # count and the step's record (metrics, rollout info); returning True ends the run there, checkpoint and export
 # included.
 StepCallback = Callable[[Session, int, dict], bool | None]
-
-
-class _Signals:
-    """SIGTERM / SIGINT set a flag the loop reads between steps (the step in flight finishes first)."""
-
-    def __init__(self):
-        self.received, self._previous = None, {}
-
-    def __enter__(self):
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:         # a second signal: the user insists
-            raise KeyboardInterrupt
-        self.received = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _start_message(s: Session, start: int) -> str:
-    c, o = s.run.config, s.run.config.optim
-    n = count_params(s.state.params)
-    lines = [f"{s.stage.name}: {c.model.hidden_size}x{c.model.num_hidden_layers}{' MoE' if c.model.use_moe else ''}, "
-             f"{n / 1e6:.2f}M trainable params, {resolve_dtype(o.dtype)}, {len(s.dataset):,} rows of {s.run.data_path}",
-             f"  {s.stop - start} steps ({start} -> {s.stop} of {s.total_steps}: {o.epochs} epoch(s) x "
-             f"{s.steps_per_epoch}), batch {o.batch_size} x accumulation {o.accumulation_steps}, lr {o.learning_rate:g}, "
-             f"seq {c.data.max_seq_len}, seed {c.seed}, mesh {dict(s.run.mesh.shape)}",
-             f"  writing to {s.run.run_dir}"]
-    return "\n".join(lines)
-
-
-def _short_data_warning(s: Session) -> str | None:
-    """A data set that gives fewer optimizer steps than the user seems to expect deserves a word."""
-    o = s.run.config.optim
-    if o.max_steps and s.total_steps < o.max_steps:
-        return (f"warning: --max_steps {o.max_steps} but {len(s.dataset)} rows at {o.global_batch} per step x "
-                f"{o.epochs} epoch(s) give only {s.total_steps} steps (raise --epochs, or lower --batch_size / "
-                f"--accumulation_steps)")
-    if s.steps_per_epoch == 1 and len(s.dataset) < o.global_batch:
-        return (f"warning: {len(s.dataset)} rows < {o.global_batch} per step (batch {o.batch_size} x accumulation "
-                f"{o.accumulation_steps}): each epoch is one step that repeats rows")
-    return None
 
 
 def train(stage: Stage, config: TrainConfig, callback: StepCallback | None = None) -> Session:
@@ -366,10 +205,10 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
     mgr = checkpoint.manager(run.run_dir / "checkpoints")
     log = MetricsLog(run.run_dir / "metrics.jsonl", resume_step=start, enabled=main,
                      tracker="wandb" if ck.use_wandb else None, run_name=ck.wandb_run or run.run_dir.name,
-                     config=_config_record(config), project=ck.wandb_project)
+                     config=config_record(config), project=ck.wandb_project)
     if main:
-        print(_start_message(s, start))
-        warning = _short_data_warning(s)
+        print(start_message(s, start))
+        warning = short_data_warning(s)
         if warning:
             print(warning, file=sys.stderr)
         if s.accepted:
@@ -419,7 +258,7 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
 
     if callback is not None:
         callback(s, start, {})
-    with _Signals() as signals:
+    with Signals() as signals:
         try:
             while step < s.stop:
                 batch, info, extra = make_batch(s, s.state, step)

@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     enable_compile_cache(flags.compile_cache)
     from minimind_jax.data import DataError
     from train.distributed import initialize
-    from train.engine import Interrupted
+    from train.signals import Interrupted
     from train.errors import UsageError
     try:
         initialize(flags.coordinator_address, flags.num_processes, flags.process_id,   # before any device is touched

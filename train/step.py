@@ -55,6 +55,7 @@ def guarded_update(state: TrainState, grads, metrics, tx, update_extra=None, bat
     step); only a non-finite loss counts as bad there. A refused update is neither applied nor counted as bad.
     Does not advance `state.step` or the RNG."""
     loss_scale: LossScale | None = state.extra.get("loss_scale")
+    refuse = jnp.asarray(refuse, bool)        # a Python False would turn `~` into integer negation
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -115,6 +115,23 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale():
     assert not np.allclose(good.params["w"], state.params["w"])
 
 
+def test_a_non_finite_step_changes_nothing_but_the_counters():
+    params, batch = _toy()
+    tx = optim.adamw(lambda k: 1e-2)
+    step = jax.jit(make_train_step(_linear_loss, tx))
+    state = TrainState.create(params, tx, jax.random.PRNGKey(0))
+    bad = {**batch, "y": batch["y"].at[0].set(jnp.nan)}
+    for n in (1, 2):
+        state, m = step(state, jax.tree.map(lambda v: v[None], bad), {})
+        assert int(m["nonfinite_streak"]) == n and int(state.nonfinite_total) == n and int(state.step) == n
+        for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
+                        jax.tree.leaves((params, tx.init(params)))):
+            np.testing.assert_array_equal(a, b)
+    state, m = step(state, jax.tree.map(lambda v: v[None], batch), {})          # a good step: applied, streak reset
+    assert int(m["nonfinite_streak"]) == 0 and int(state.nonfinite_total) == 2
+    assert not np.allclose(state.params["w"], params["w"])
+
+
 def test_loss_scale_grows_after_a_period_of_good_steps():
     ls = LossScale(jnp.float32(8.0), jnp.int32(0), period=3)
     for _ in range(3):
