@@ -3,6 +3,7 @@
 The trainer writes there and everything that reads weights (the next stage, chat, export, serve) finds them the
 same way, from a stage name, a run directory or a file.
 """
+import sys
 from pathlib import Path
 
 from minimind_jax.config import MiniMindConfig
@@ -29,3 +30,11 @@ def resolve_weights(name: str, out_dir, cfg: MiniMindConfig, flag: str = "--from
     if not candidate.is_file():
         raise FileNotFoundError(f"{flag} {name}: {candidate} does not exist (train that stage first, or pass a path)")
     return candidate
+
+
+def shipped(name: str) -> Path:
+    """A directory of the data that ships with the project (`data/<name>`: the sample sets and tokenizers): in a
+    checkout, the repository's; in an installed wheel, `<prefix>/share/minimind_jax/<name>`, where the wheel puts it."""
+    checkout = Path(__file__).resolve().parents[1] / "data" / name
+    installed = Path(sys.prefix) / "share" / "minimind_jax" / name
+    return checkout if checkout.exists() or not installed.exists() else installed

@@ -25,14 +25,15 @@ import sys
 from pathlib import Path
 
 from minimind_jax import template3
+from minimind_jax.paths import shipped
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")                       # ids 0, 1, 2
 TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>")
 REASONING_TAGS = {2: TAG_TOKENS[:4], 3: ("<think>", "</think>")}     # by template generation
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant"
-DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "tokenizer"
-SAMPLE3_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "sample3" / "tokenizer"
-MINIMIND_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "minimind_tokenizer"   # MiniMind-2's BPE
+DEFAULT_TOKENIZER_DIR = shipped("sample") / "tokenizer"
+SAMPLE3_TOKENIZER_DIR = shipped("sample3") / "tokenizer"
+MINIMIND_TOKENIZER_DIR = shipped("minimind_tokenizer")       # MiniMind-2's own BPE
 NAMED_TOKENIZERS = {"minimind": MINIMIND_TOKENIZER_DIR, "minimind3": SAMPLE3_TOKENIZER_DIR}
 SP_MODEL = "tokenizer.model"
 HF_JSON = "tokenizer.json"

@@ -8,16 +8,15 @@ MiniMind-3's formats and template (`datasets3.py`) give the same batches; their 
 (seed, epoch, row):
     ds = SFTDataset3(SAMPLE3_DIR / "sft.jsonl", Tokenizer.load(SAMPLE3_DIR / "tokenizer"), 340, seed=42)
 """
-from pathlib import Path
-
 from minimind_jax.data.datasets import DPODataset, PretrainDataset, RLAIFDataset, SFTDataset, assistant_mask
 from minimind_jax.data.datasets3 import AgentDataset3, DPODataset3, PretrainDataset3, RLAIFDataset3, SFTDataset3
 from minimind_jax.data.jsonl import DataError
 from minimind_jax.data.loader import batch_rows, epoch_permutation, iterate_batches, num_batches
 from minimind_jax.data.open import open_dataset
+from minimind_jax.paths import shipped
 
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "data" / "sample"
-SAMPLE3_DIR = SAMPLE_DIR.with_name("sample3")         # MiniMind-3 formats; its tokenizer is SAMPLE3_DIR / "tokenizer"
+SAMPLE_DIR = shipped("sample")
+SAMPLE3_DIR = shipped("sample3")         # MiniMind-3 formats; its tokenizer is SAMPLE3_DIR / "tokenizer"
 SAMPLE_DIRS = {2: SAMPLE_DIR, 3: SAMPLE3_DIR}
 
 __all__ = ["DataError", "PretrainDataset", "SFTDataset", "DPODataset", "RLAIFDataset", "assistant_mask",
