@@ -124,10 +124,10 @@ def parser() -> argparse.ArgumentParser:
         help="1: sequence log-prob as a sum, not a mean (default 0; MiniMind-3: 1)")
     add = p.add_argument_group("rl: rollouts").add_argument
     add("--max_gen_len", type=int, default=None, help="RL: new tokens per completion")
-    add("--num_generations", type=int, default=8, help="GRPO: completions per prompt")
+    add("--num_generations", type=int, default=None, help="GRPO: completions per prompt (default 8; MiniMind-3: 6)")
     add("--rollout_temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
-    add("--rollout_top_p", type=float, default=1.0, help="nucleus sampling (1: off)")
-    add("--rollout_top_k", type=int, default=0, help="top-k sampling (0: off)")
+    add("--rollout_top_p", type=float, default=None, help="nucleus sampling (default 1: off; MiniMind-3: 0.85)")
+    add("--rollout_top_k", type=int, default=None, help="top-k sampling (default 0: off; MiniMind-3: 50)")
     add("--rollout_dtype", default="float32", choices=["float32", "bfloat16"],
         help="weights used while sampling (bfloat16 halves the bytes read per decoded token)")
     add = p.add_argument_group("rl: rewards").add_argument
@@ -140,10 +140,11 @@ def parser() -> argparse.ArgumentParser:
                                          "float[B], added. Runs your code; a module is imported from the installed "
                                          "packages, not from the current directory (name a file for that)")
     add = p.add_argument_group("rl: objectives").add_argument
-    add("--clip_epsilon", type=float, default=0.1, help="PPO / SPO-paper ratio clip")
+    add("--clip_epsilon", type=float, default=None, help="PPO / SPO-paper ratio clip (default 0.1; MiniMind-3: 0.2)")
     add("--vf_coef", type=float, default=0.5, help="PPO: weight of the value loss")
     add("--kl_coef", type=float, default=0.02, help="PPO: weight of the KL to the reference")
-    add("--critic_learning_rate", type=float, default=8e-8, help="PPO: the critic's peak learning rate")
+    add("--critic_learning_rate", type=float, default=None,
+        help="PPO: the critic's peak learning rate (default 8e-8; MiniMind-3: 5e-7)")
     add("--update_old_actor_freq", type=int, default=4, help="PPO: steps between refreshes of the old actor")
     add("--kl_estimator", default="k3", choices=["k3", "k1"], help="per-token KL estimator in the RL losses")
     add("--spo_mode", default="minimind", choices=["minimind", "paper"],

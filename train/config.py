@@ -300,9 +300,10 @@ class TrainConfig:
                                         resume_accept=tuple(filter(None, a.resume_accept.split(",")))),
             mesh=MeshConfig(spec=a.mesh, coordinator_address=a.coordinator_address, num_processes=a.num_processes,
                             process_id=a.process_id, timeout=a.distributed_timeout),
-            rollout=RolloutConfig(max_gen_len=a.max_gen_len, num_generations=a.num_generations,
-                                  temperature=a.rollout_temperature, top_p=a.rollout_top_p, top_k=a.rollout_top_k,
-                                  dtype=a.rollout_dtype),
+            rollout=RolloutConfig(max_gen_len=a.max_gen_len,
+                                  num_generations=_given(a.num_generations, RolloutConfig.num_generations),
+                                  temperature=a.rollout_temperature, top_p=_given(a.rollout_top_p, RolloutConfig.top_p),
+                                  top_k=_given(a.rollout_top_k, RolloutConfig.top_k), dtype=a.rollout_dtype),
             reward=RewardConfig(reasoning=bool(a.reasoning), answer_weight=a.answer_reward,
                                 reward_model=a.reward_model, reward_fn=a.reward_fn),
             lora=LoraConfig(name=a.lora_name, rank=LoraConfig.rank if a.lora_rank is None else a.lora_rank,
@@ -312,9 +313,11 @@ class TrainConfig:
                                   from_teacher_weight=a.from_teacher_weight,
                                   teacher_hidden_size=a.teacher_hidden_size, teacher_num_layers=a.teacher_num_layers,
                                   teacher_use_moe=None if a.teacher_use_moe is None else bool(a.teacher_use_moe)),
-            objective=ObjectiveConfig(beta=a.beta, dpo_sum_logps=bool(a.dpo_sum_logps), clip_epsilon=a.clip_epsilon,
+            objective=ObjectiveConfig(beta=a.beta, dpo_sum_logps=bool(a.dpo_sum_logps),
+                                      clip_epsilon=_given(a.clip_epsilon, ObjectiveConfig.clip_epsilon),
                                       vf_coef=a.vf_coef, kl_coef=a.kl_coef,
-                                      critic_learning_rate=a.critic_learning_rate,
+                                      critic_learning_rate=_given(a.critic_learning_rate,
+                                                                  ObjectiveConfig.critic_learning_rate),
                                       update_old_actor_freq=a.update_old_actor_freq, kl_estimator=a.kl_estimator),
             spo_paper=SPOPaperConfig(init_samples=a.spo_init_samples, rho_min=a.spo_rho_min),
             rl3=RL3Config(loss_type=a.loss_type or "cispo", epsilon=a.epsilon, epsilon_high=a.epsilon_high,
@@ -330,6 +333,11 @@ class TrainConfig:
         changes = {k: dataclasses.replace(getattr(self, k), **v) if isinstance(v, dict) else v
                    for k, v in sections.items()}
         return dataclasses.replace(self, **changes)
+
+
+def _given(value, default):
+    """A flag a stage may default (None when neither the user nor the stage set it): the section's own default."""
+    return default if value is None else value
 
 
 def model_config(a: Namespace) -> MiniMindConfig:

@@ -188,41 +188,13 @@ def rollout_batch(run, sample_params, frozen, arrays, host, step, *, num_generat
 
 # ---- MiniMind-3: sampling settings and rule rewards ----------------------------------------------------------------
 
-# MiniMind-3's sampler (its `generate` defaults): nucleus 0.85 inside the top 50.
-TOP_K3, TOP_P3 = 50, 0.85
-
-
-def sampling3(run) -> dict:
-    """MiniMind-3's top_k/top_p unless the run asked for others. The flags default to 0 / 1.0 (MiniMind-2's
-    sampler), so those values mean "not given" here."""
-    r = run.config.rollout
-    given = r.top_k != 0 or r.top_p != 1.0
-    return {"top_k": r.top_k, "top_p": r.top_p} if given else {"top_k": TOP_K3, "top_p": TOP_P3}
-
-
-def with_sampling3(run):
-    """The run with MiniMind-3's sampling settings in its rollout section (`sample` reads them from there)."""
-    return dataclasses.replace(run, config=run.config.replace(rollout=sampling3(run)))
-
-
-_RUNS3 = {}
-
-
-def as_run3(run):
-    """The run as MiniMind-3 samples and scores it: its sampler settings and rule reward, built once per run (a
-    reward model loads once)."""
-    if id(run) not in _RUNS3:
-        _RUNS3.clear()
-        _RUNS3[id(run)] = dataclasses.replace(with_sampling3(run), score=make_scorer3(run))
-    return _RUNS3[id(run)]
-
-
-def make_scorer3(run):
+def make_scorer3(config: TrainConfig, tokenizer):
     """(prompts, responses, answers) -> (total float32 [N], {part: float32 [N]}): MiniMind-3's rule reward, plus a
-    reward model's score (clipped to [-3, 3]) with --reward_model and a user function with --reward_fn."""
+    reward model's score (clipped to [-3, 3]) with --reward_model and a user function with --reward_fn. (Its
+    sampler's settings, top_k 50 and top_p 0.85, are the generation-3 stage defaults.)"""
     from losses import rewards3
-    rc = run.config.reward
-    rm = reward_model_scorer(run.config, run.tokenizer) if rc.reward_model else None
+    rc = config.reward
+    rm = reward_model_scorer(config, tokenizer) if rc.reward_model else None
     user = load_reward_fn(rc.reward_fn) if rc.reward_fn else None
 
     def score(prompts, responses, answers):

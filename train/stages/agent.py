@@ -15,14 +15,12 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import losses
 from losses.rewards3 import agent_reward
 from train import rng
-from train.rollout import (agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler,
-                           with_sampling3)
+from train.rollout import agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference
 from train.tools import registry
@@ -57,7 +55,7 @@ def prepare(run, state, frozen, arrays, host, step):
     thinking = np.repeat(arrays["open_thinking"].reshape(-1), G)
     tools, checks = _tools(r3.tools)
 
-    sampler = turn_sampler(with_sampling3(run), state.params, rng.draw(c.seed, "rollout", step))
+    sampler = turn_sampler(run, state.params, rng.draw(c.seed, "rollout", step))
     trajs, times = agent_rollouts(sampler, tok, prompts, thinking, tools, max_turns=r3.max_turns,
                                   max_total_len=r3.max_total_len, timeout=r3.tool_timeout)
     rewards, parts = score(trajs, host["gt"], [tool_names(t) for t in host["tools"]], checks, G)
@@ -108,7 +106,7 @@ STAGE = Stage(
     defaults=dict(learning_rate=tiny(1e-5, 3e-7), batch_size=tiny(4, 2), accumulation_steps=1,
                   max_seq_len=tiny(512, 1024), max_gen_len=tiny(48, 768), epochs=1, beta=0.1,
                   max_steps=tiny(4, None), thinking_ratio=tiny(0.0, 0.1), from_weight="full_sft",
-                  save_weight="agent"),
+                  save_weight="agent", num_generations=4, rollout_top_k=50, rollout_top_p=0.85),
     data_file="agent.jsonl",
     dataset="agent",
     make_loss=make_loss,

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import losses
-from train.rollout import as_run3, rollout_batch
+from train.rollout import rollout_batch
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference, kl_regularized_loss, policy_gradient_loss, rl_start_weight
 
@@ -27,7 +27,7 @@ def prepare(run, state, frozen, arrays, host, step):
 
 def prepare3(run, state, frozen, arrays, host, step):
     G = run.config.rollout.num_generations
-    batch, info = rollout_batch(as_run3(run), state.params, frozen, arrays, host, step, num_generations=G)
+    batch, info = rollout_batch(run, state.params, frozen, arrays, host, step, num_generations=G)
     batch["advantages"] = jax.vmap(lambda r: losses.group_advantages(r, G))(jnp.asarray(batch["rewards"]))
     return batch, info, None
 
@@ -52,7 +52,7 @@ STAGE = Stage(
     defaults=dict(learning_rate=8e-8, batch_size=2, accumulation_steps=1, max_seq_len=66, max_gen_len=1536,
                   epochs=1, beta=0.02, from_weight=rl_start_weight, save_weight="grpo"),
     defaults3=dict(learning_rate=3e-7, max_seq_len=768, max_gen_len=1024, beta=0.1, num_generations=6,
-                   thinking_ratio=0.9, from_weight="full_sft", loss_type="cispo"),
+                   thinking_ratio=0.9, from_weight="full_sft", loss_type="cispo", rollout_top_k=50, rollout_top_p=0.85),
     data_file="rlaif.jsonl",
     dataset="rlaif",
     make_loss=make_loss,

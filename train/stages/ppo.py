@@ -24,7 +24,7 @@ from minimind_jax.convert import params_to_torch
 from minimind_jax.heads import init_head_params, last_token_index
 from train import optim, rng
 from train.errors import UsageError
-from train.rollout import as_run3, policy_logps, rollout_batch
+from train.rollout import policy_logps, rollout_batch
 from train.stage import Stage, rl_schedule
 from train.stages.common import frozen_copy, rl_start_weight
 from train.step import make_minibatch_step, make_train_step
@@ -133,7 +133,7 @@ def minibatch_rows(seed: int, step: int, rows: int, size: int, passes: int) -> n
 def prepare3(run, state, frozen, arrays, host, step):
     c, r3 = run.config, run.config.rl3
     actor = state.params["actor"]
-    batch, info = rollout_batch(as_run3(run), actor, frozen, arrays, host, step, old_params=actor)
+    batch, info = rollout_batch(run, actor, frozen, arrays, host, step, old_params=actor)
     batch = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)                     # [N, ...]
     old_values, advantages, returns = gae_targets(
         critic3(run), state.params["critic"], batch["sequences"], batch["attention_mask"], batch["completion_mask"],
@@ -179,7 +179,7 @@ STAGE = Stage(
     defaults=dict(learning_rate=8e-8, batch_size=2, accumulation_steps=1, max_seq_len=66, max_gen_len=1536,
                   epochs=1, from_weight=rl_start_weight, save_weight="ppo_actor"),
     defaults3=dict(learning_rate=3e-7, critic_learning_rate=5e-7, max_seq_len=768, max_gen_len=1024,
-                   thinking_ratio=0.9, from_weight="full_sft"),
+                   thinking_ratio=0.9, from_weight="full_sft", clip_epsilon=0.2, rollout_top_k=50, rollout_top_p=0.85),
     data_file="rlaif.jsonl",
     dataset="rlaif",
     make_loss=make_loss,
