@@ -69,6 +69,7 @@ def bench_generate(cfg, params, batch: int, prompt: int, new: int, repeat: int) 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
+    p.add_argument("--minimind", type=int, default=2, choices=[2, 3], help="the model generation")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=340)
     p.add_argument("--gen_batch", type=int, default=4)
@@ -78,7 +79,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results/model.json")
     a = p.parse_args(argv)
 
-    cfg = MiniMindConfig.from_preset(a.preset)
+    cfg = MiniMindConfig.from_preset(a.preset, generation=a.minimind)
     params = jax.jit(MiniMindForCausalLM(cfg).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     bf16_params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
     flops = train_flops_per_token(cfg, a.seq)
@@ -96,7 +97,7 @@ def main(argv=None):
                      "tokens/s": r["new_tokens_per_s"], "seconds": r["seconds"], "compile_s": r["compile_s"],
                      "weights_GB/s": r["weights_GB_per_s"]})
         print_table(rows[-1:])
-    title = (f"minimind-jax model, preset {a.preset} ({count_params(params) / 1e6:.2f}M params), "
+    title = (f"minimind-jax model, preset {a.preset} (MiniMind-{a.minimind}, {count_params(params) / 1e6:.2f}M params), "
              f"{train_flops_per_token(cfg, a.seq) / 1e6:.0f} MFLOP per trained token, peak RSS {peak_rss_mb():.0f} MB")
     print_table(rows, title)
     write_json(a.out, {"env": environment(), "preset": a.preset, "args": vars(a), "rows": rows})

@@ -40,8 +40,13 @@ def lm_loss(model):
     return loss_fn
 
 
+def model_config(name: str) -> MiniMindConfig:
+    """'small', 'moe' (MiniMind-2) or 'small3', 'moe3' (MiniMind-3: QK-norm, 4 KV heads, top-1 MoE)."""
+    return MiniMindConfig.from_preset(name.removesuffix("3"), generation=3 if name.endswith("3") else 2)
+
+
 def engine_step(preset: str, dtype: str, accumulation: int, batch: int, seq: int, steps: int) -> dict:
-    cfg = MiniMindConfig.from_preset(preset)
+    cfg = model_config(preset)
     model = MiniMindForCausalLM(cfg, policy=get_policy(dtype))
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     tx = optim.adamw(optim.sft_schedule(5e-4, 1000 * accumulation, accumulation))
@@ -73,7 +78,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="dense fp32 and bf16 at accumulation 1 only")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
-    p.add_argument("--models", default="small,moe", help="comma-separated presets among small, moe")
+    p.add_argument("--models", default="small,moe,small3,moe3",
+                   help="comma-separated among small, moe (MiniMind-2), small3, moe3 (MiniMind-3)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated among float32, bfloat16")
     p.add_argument("--out", default="bench/results/train.json")
     a = p.parse_args(argv)
@@ -82,8 +88,8 @@ def main(argv=None):
     print(f"matmul roofline: fp32 {roof['float32'] / 1e9:.0f} GFLOP/s, bf16 (f32 acc) {roof['bfloat16'] / 1e9:.0f} GFLOP/s")
     # MoE at accumulation 1 only (its step is the slowest)
     models, dtypes = a.models.split(","), a.dtypes.split(",")
-    cases = [("small", d, acc) for d in dtypes for acc in (1, 8) if "small" in models]
-    cases += [("moe", d, 1) for d in dtypes if "moe" in models]
+    cases = [(m, d, acc) for m in ("small", "small3") if m in models for d in dtypes for acc in (1, 8)]
+    cases += [(m, d, 1) for m in ("moe", "moe3") if m in models for d in dtypes]
     if a.quick:
         cases = [("small", "float32", 1), ("small", "bfloat16", 1)]
     rows = []

@@ -24,7 +24,7 @@ TINY = {
 
 # MiniMind-3's chat rows carry tool schemas (~130 tokens each) and think blocks: a longer window keeps their answers.
 TINY3 = {"full_sft": dict(max_seq_len=256), "lora": dict(max_seq_len=256), "distillation": dict(max_seq_len=256),
-         "dpo": dict(max_seq_len=256)}
+         "dpo": dict(max_seq_len=256), "ppo": dict(max_seq_len=128), "grpo": dict(max_seq_len=128)}
 
 
 def stage_plan(args, given: set[str]) -> list[tuple[str, dict]]:
