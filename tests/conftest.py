@@ -41,6 +41,16 @@ def golden():
 
 
 @pytest.fixture
+def golden3():
+    """golden3('model_dense') -> dict of arrays from ../shared/minimind3/golden/model_dense.npz (MiniMind-3)."""
+    def load(name: str) -> dict:
+        path = _need_shared(SHARED / "minimind3" / "golden" / f"{name}.npz")
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    return load
+
+
+@pytest.fixture
 def shared_path():
     """shared_path('golden/rewards_format.json') -> Path, skipping where ../shared is absent."""
     return lambda rel: _need_shared(SHARED / rel)

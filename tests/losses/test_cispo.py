@@ -2,7 +2,6 @@
 the per-turn eos cut, and the properties that define the objectives."""
 import jax
 import numpy as np
-import pytest
 from hypothesis import given
 
 import losses
@@ -14,15 +13,6 @@ _adv = jax.jit(losses.group_advantages, static_argnums=1)
 _loss = jax.jit(jax.value_and_grad(losses.group_policy_loss),
                 static_argnames=("beta", "loss_type", "epsilon", "epsilon_high", "skip_empty_rows"))
 
-
-
-@pytest.fixture
-def golden3(shared_path):
-    """golden3('loss_agent') -> dict of arrays of MiniMind-3's golden file."""
-    def load(name):
-        with np.load(shared_path(f"minimind3/golden/{name}.npz")) as z:
-            return {k: z[k] for k in z.files}
-    return load
 
 def test_grpo_cispo_golden(golden3):
     g = golden3("loss_grpo_cispo")

@@ -4,19 +4,12 @@ Tolerances: losses 1e-5 relative, gradients 1e-5 absolute."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import losses
 
 
-@pytest.fixture
-def golden3(shared_path):
-    with np.load(shared_path("minimind3/golden/loss_dpo_distill.npz")) as z:
-        return {k: z[k] for k in z.files}
-
-
 def test_dpo_sums_the_sequence_logps(golden3):
-    g = golden3
+    g = golden3("loss_dpo_distill")
     f = lambda lp: losses.dpo_loss(lp, g["dpo_ref_logps"], g["dpo_mask"], 0.15, average_log_prob=False)
     loss, grad = jax.value_and_grad(f)(jnp.asarray(g["dpo_policy_logps"]))
     np.testing.assert_allclose(loss, g["dpo_loss"], rtol=1e-5)
@@ -25,7 +18,7 @@ def test_dpo_sums_the_sequence_logps(golden3):
 
 def test_distillation_loss(golden3):
     """The trainer's order: logits [B, T] predict labels shifted by one; -100 marks what is not trained."""
-    g = golden3
+    g = golden3("loss_dpo_distill")
     labels = g["distill_labels"][:, 1:]
     mask = (labels != -100).astype(np.float32)                                   # [B, T-1]
     targets = np.where(labels == -100, 0, labels).astype(np.int32)

@@ -2,7 +2,6 @@
 (both discount settings, gradients included), and GAE's defining recursion."""
 import jax
 import numpy as np
-import pytest
 from hypothesis import given, strategies as st
 
 import losses
@@ -11,15 +10,6 @@ from tests.losses.helpers import assert_close, floats, prefix_masks
 CASES = {"default": (1.0, 0.95), "gamma099_lam09": (0.99, 0.9)}
 _loss = jax.jit(jax.value_and_grad(losses.ppo_gae_loss, argnums=(0, 3), has_aux=True))
 
-
-
-@pytest.fixture
-def golden3(shared_path):
-    """golden3('loss_agent') -> dict of arrays of MiniMind-3's golden file."""
-    def load(name):
-        with np.load(shared_path(f"minimind3/golden/{name}.npz")) as z:
-            return {k: z[k] for k in z.files}
-    return load
 
 def test_ppo_gae_golden(golden3):
     g = golden3("loss_ppo_gae")

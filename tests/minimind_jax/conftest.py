@@ -21,13 +21,6 @@ def random_lm():
     return cfg, model, jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(np.float32), shapes)
 
 
-@pytest.fixture
-def golden3(shared_path):
-    """golden3('model_dense') -> dict of arrays from ../shared/minimind3/golden/model_dense.npz (minimind-3)."""
-    def load(name: str) -> dict:
-        with np.load(shared_path(f"minimind3/golden/{name}.npz")) as z:
-            return {k: z[k] for k in z.files}
-    return load
 
 
 @pytest.fixture

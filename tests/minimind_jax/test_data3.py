@@ -11,14 +11,7 @@ from minimind_jax.template3 import EMPTY_THINK, render
 
 
 
-@pytest.fixture(scope="module")
-def tok(tok3):
-    return tok3
-
-
-@pytest.fixture
-def gold(gold3):
-    return gold3
+from tests.minimind_jax.test_tokenizer3 import gold, tok  # noqa: E402,F401  (the same fixtures)
 
 
 def write_jsonl(path, rows):
