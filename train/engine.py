@@ -16,6 +16,7 @@ import math
 import signal
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import jax
@@ -141,6 +142,36 @@ def _open_dataset(stage: Stage, run: Run):
         raise UsageError(f"--data_path {run.data_path}: {e.strerror or e} ({e.filename or run.data_path})") from None
 
 
+class Prefetcher:
+    """Batches read ahead on a host thread while the device runs the step (a bound of one batch). Only where a batch
+    does not depend on the state the step produces: the SFT family's rows are a function of (seed, epoch, step); an
+    RL stage samples from the params its previous step wrote, so it reads in order."""
+
+    def __init__(self, s: Session):
+        self.s, self.ahead = s, not s.stage.rollouts
+        self.pool = ThreadPoolExecutor(max_workers=1) if self.ahead else None
+        self.pending: tuple[int, Future] | None = None
+
+    def get(self, step: int):
+        s = self.s
+        if not self.ahead:
+            return make_batch(s, s.state, step)
+        if self.pending is not None and self.pending[0] == step:
+            batch = self.pending[1].result()
+        else:
+            batch = make_batch(s, s.state, step)
+        if step + 1 < s.stop:
+            self.pending = (step + 1, self.pool.submit(make_batch, s, None, step + 1))
+        return batch
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def setup(stage: Stage, config: TrainConfig) -> Session:
     """Build the run, read the data, create (or restore with --from_resume 1) the state, and jit the step.
 
@@ -258,10 +289,10 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
 
     if callback is not None:
         callback(s, start, {})
-    with Signals() as signals:
+    with Signals() as signals, Prefetcher(s) as prefetch:
         try:
             while step < s.stop:
-                batch, info, extra = make_batch(s, s.state, step)
+                batch, info, extra = prefetch.get(step)
                 if extra is not None:
                     s.state = s.state.replace(extra=extra)
                 t_update = time.perf_counter()

@@ -1,4 +1,5 @@
 """Fixtures of the trainer tests: slices of the embedded sample, and a tiny pretrained model to start stages from."""
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,4 +23,6 @@ def pretrained(tmp_path_factory, sample_slices) -> Path:
           "--accumulation_steps", "1", "--max_seq_len", "64", "--learning_rate", "3e-3", "--epochs", "2")
     train(out, "full_sft", "--data_path", str(sample_slices["sft"]), "--batch_size", "8", "--max_seq_len", "64",
           "--learning_rate", "3e-3", "--epochs", "1")
+    for ckpt in out.glob("*/checkpoints"):      # the later stages start from the weights; a rerun starts afresh
+        shutil.rmtree(ckpt)
     return out
