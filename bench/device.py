@@ -42,6 +42,14 @@ class Clock:
     def allows(self, seconds: float) -> bool:
         return self.left() > seconds
 
+    def start_row(self, rows: list, row: dict, seconds: float) -> bool:
+        """Append `row` to `rows`; False (the row marked skipped) when its `seconds` no longer fit."""
+        rows.append(row)
+        if not self.allows(seconds):
+            row["status"] = "skipped (deadline)"
+            return False
+        return True
+
 
 def roofline_bf16(n: int) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
@@ -95,9 +103,7 @@ def train_rows(a, clock, roof, tdev, cases):
     batches = [4, 2] if a.quick else [64, 32, 16, 8, 4, 2, 1]
     for preset, seq in cases:
         row = {"what": "train", "model": preset, "seq": seq}
-        rows.append(row)
-        if not clock.allows(a.train_row_s):
-            row["status"] = "skipped (deadline)"
+        if not clock.start_row(rows, row, a.train_row_s):
             continue
         try:
             batch, r = largest_batch(lambda b: engine_step(preset, "bfloat16", 1, b, seq, a.steps), batches)
@@ -131,9 +137,7 @@ def sample_rows(a, clock, bandwidth, tdev, batches):
     rows = []
     for batch in batches:
         row = {"what": "sample", "model": preset, "batch": batch}
-        rows.append(row)
-        if not clock.allows(a.sample_row_s):
-            row["status"] = "skipped (deadline)"
+        if not clock.start_row(rows, row, a.sample_row_s):
             continue
         try:
             r = bench_generate(cfg, weights, batch, prompt, new, repeat=2)
