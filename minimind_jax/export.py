@@ -41,22 +41,34 @@ class ExportError(ValueError):
 
 # ---- the run ----------------------------------------------------------------------------------------------------
 
-def read_run(run_dir) -> tuple[MiniMindConfig, dict[str, np.ndarray]]:
-    """(config, {reference name: float32 array}) of a run directory; ExportError naming the file at fault."""
-    run_dir = Path(run_dir)
-    config, weights = run_dir / "config.json", run_dir / "weights.safetensors"
-    for f in (config, weights):
+def _files(folder: Path, *names: str, expected: str) -> list[Path]:
+    """The named files of `folder`; ExportError naming the first missing one and what the folder should be."""
+    paths = [folder / n for n in names]
+    for f in paths:
         if not f.is_file():
-            raise ExportError(f"{run_dir}: no {f.name} (expected a run directory written by python -m train.run)")
-    try:
-        cfg = MiniMindConfig.from_json(config.read_text())
-    except (ValueError, TypeError) as e:
-        raise ExportError(f"{config}: not a MiniMindConfig ({e})") from None
-    sd = read_safetensors(weights)
+            raise ExportError(f"{folder}: no {f.name} (expected {expected})")
+    return paths
+
+
+def _checked(sd: dict, cfg: MiniMindConfig, weights: Path) -> dict:
+    """`sd` once its names and shapes fit `cfg`; ExportError naming the tensor otherwise."""
     try:
         check_state_dict(sd, cfg, str(weights))
     except ValueError as e:
         raise ExportError(str(e)) from None
+    return sd
+
+
+def read_run(run_dir) -> tuple[MiniMindConfig, dict[str, np.ndarray]]:
+    """(config, {reference name: float32 array}) of a run directory; ExportError naming the file at fault."""
+    run_dir = Path(run_dir)
+    config, weights = _files(run_dir, "config.json", "weights.safetensors",
+                             expected="a run directory written by python -m train.run")
+    try:
+        cfg = MiniMindConfig.from_json(config.read_text())
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{config}: not a MiniMindConfig ({e})") from None
+    sd = _checked(read_safetensors(weights), cfg, weights)
     sd.setdefault("model.embed_tokens.weight", sd.get("lm_head.weight"))
     sd.pop("lm_head.weight", None)          # tied: the embedding is the one copy every layout starts from
     return cfg, sd
@@ -252,10 +264,7 @@ def hf_config(cfg: MiniMindConfig, dtype: str) -> dict:
 def read_hf(folder) -> tuple[MiniMindConfig, dict[str, np.ndarray]]:
     """(config, {reference name: float32 array}) of a folder this module exported: the inverse of the hf export."""
     folder = Path(folder)
-    config, weights = folder / "config.json", folder / "model.safetensors"
-    for f in (config, weights):
-        if not f.is_file():
-            raise ExportError(f"{folder}: no {f.name} (expected a Hugging Face model folder)")
+    config, weights = _files(folder, "config.json", "model.safetensors", expected="a Hugging Face model folder")
     hf = json.loads(config.read_text())
     layout = layout_named((hf.get("architectures") or [None])[0], str(config))
     try:
@@ -264,11 +273,7 @@ def read_hf(folder) -> tuple[MiniMindConfig, dict[str, np.ndarray]]:
         raise ExportError(f"{config}: no {e.args[0]} field") from None
     except ValueError as e:
         raise ExportError(f"{config}: {e}") from None
-    sd = layout.from_hf(read_safetensors(weights), cfg)
-    try:
-        check_state_dict(sd, cfg, str(weights))
-    except ValueError as e:
-        raise ExportError(str(e)) from None
+    sd = _checked(layout.from_hf(read_safetensors(weights), cfg), cfg, weights)
     return cfg, sd
 
 
