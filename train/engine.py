@@ -349,7 +349,7 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
         check_finite(*pending)
     if start >= s.stop:
         print(f"{stage.name}: already at step {start} of {s.stop}; nothing to do")
-        if main and not (run.run_dir / WEIGHTS_FILE).exists():
+        if not (run.run_dir / WEIGHTS_FILE).exists():     # every process: the export gathers the params
             _write_export(run, stage, s.state, s.frozen)
     if stage.evaluate is not None and main:
         report = stage.evaluate(run, s.state, s.frozen)
