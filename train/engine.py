@@ -37,7 +37,7 @@ from train.lock import RunLock
 from train.mesh import make_mesh, process_rows, replicated, state_sharding, to_global
 from train.metrics import MetricsLog, duration, summary
 from train.resume import check_fresh_start, clear_checkpoints, resolve_dtype, restore, run_identity
-from train.rollout import make_scorer, make_scorer3
+from train.rollout import make_scorer
 from train.signals import Interrupted, Signals
 from train.stage import Run, Stage
 from train.state import LossScale, TrainState
@@ -70,7 +70,7 @@ def build_run(stage: Stage, config: TrainConfig) -> Run:
     except ValueError as e:
         raise UsageError(str(e)) from None
     data_path = d.path or SAMPLE_DIRS[cfg.generation] / stage.data_file
-    score = (make_scorer3 if cfg.generation == 3 else make_scorer)(config, tokenizer) if stage.rollouts else None
+    score = make_scorer(config, tokenizer) if stage.rollouts else None
     return Run(config=config, model=model, tokenizer=tokenizer, mesh=mesh,
                run_dir=weight_dir(config.checkpoint.out_dir, config.checkpoint.save_weight, cfg),
                data_path=data_path, score=score)

@@ -130,12 +130,22 @@ def reward_model_scorer(config: TrainConfig, tokenizer):
 
 
 def make_scorer(config: TrainConfig, tokenizer):
-    """(prompts, responses, answers) -> (total float32 [N], {part: float32 [N]}), built once per run."""
-    rc = config.reward
+    """(prompts, responses, answers) -> (total float32 [N], {part: float32 [N]}), built once per run.
+
+    The rule parts follow the model's generation: MiniMind-2's format/tag and exact-answer rewards, a reward model
+    mixed 0.4/0.6 with the answer-only score in reasoning mode; MiniMind-3's rule reward and a reward model's score
+    clipped to [-3, 3]. A user function (--reward_fn) adds to either."""
+    from losses import rewards3
+    rc, generation = config.reward, config.model.generation
     rm = reward_model_scorer(config, tokenizer) if rc.reward_model else None
     user = load_reward_fn(rc.reward_fn) if rc.reward_fn else None
 
-    def score(prompts: list[str], responses: list[str], answers: list[str]):
+    def rule_parts(prompts, responses, answers) -> dict:
+        if generation == 3:
+            parts = {"rule": rewards3.rule_rewards(responses)}
+            if rm is not None:
+                parts["rm"] = np.clip(np.asarray(rm([p + r for p, r in zip(prompts, responses)]), np.float32), -3, 3)
+            return parts
         parts = {}
         if rc.reasoning:
             parts["format"] = R.format_reward(responses)
@@ -143,6 +153,10 @@ def make_scorer(config: TrainConfig, tokenizer):
             parts["answer"] = rc.answer_weight * R.answer_reward(responses, answers)
         if rm is not None:
             parts["rm"] = R.reward_model_reward(prompts, responses, rm, reasoning=rc.reasoning)
+        return parts
+
+    def score(prompts: list[str], responses: list[str], answers: list[str]):
+        parts = rule_parts(prompts, responses, answers)
         if user is not None:
             parts["custom"] = np.asarray(user(list(prompts), list(responses), list(answers)), np.float32)
         total = sum(parts.values()) if parts else np.zeros(len(responses), np.float32)
@@ -184,27 +198,6 @@ def rollout_batch(run, sample_params, frozen, arrays, host, step, *, num_generat
             "sample_prompt": repeat(host["prompts"])[0], "sample_response": responses[0],
             "sample_reward": float(rewards[0])}
     return batch, info
-
-
-# ---- MiniMind-3: sampling settings and rule rewards ----------------------------------------------------------------
-
-def make_scorer3(config: TrainConfig, tokenizer):
-    """(prompts, responses, answers) -> (total float32 [N], {part: float32 [N]}): MiniMind-3's rule reward, plus a
-    reward model's score (clipped to [-3, 3]) with --reward_model and a user function with --reward_fn. (Its
-    sampler's settings, top_k 50 and top_p 0.85, are the generation-3 stage defaults.)"""
-    from losses import rewards3
-    rc = config.reward
-    rm = reward_model_scorer(config, tokenizer) if rc.reward_model else None
-    user = load_reward_fn(rc.reward_fn) if rc.reward_fn else None
-
-    def score(prompts, responses, answers):
-        parts = {"rule": rewards3.rule_rewards(responses)}
-        if rm is not None:
-            parts["rm"] = np.clip(np.asarray(rm([p + r for p, r in zip(prompts, responses)]), np.float32), -3, 3)
-        if user is not None:
-            parts["custom"] = np.asarray(user(list(prompts), list(responses), list(answers)), np.float32)
-        return np.asarray(sum(parts.values()), np.float32), parts
-    return score
 
 
 # ---- multi-turn tool rollouts (the agent stage) --------------------------------------------------------------------
