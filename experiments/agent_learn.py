@@ -23,7 +23,7 @@ from train.args import parser as train_parser
 from train.batches import held_out_split
 from train.engine import train
 from train.pipeline import TINY
-from train.rollout import agent_rollouts, turn_sampler, with_sampling3
+from train.multiturn import agent_rollouts, turn_sampler
 from train.run import config_of
 from train.run import main as train_main
 from train.stages.agent import tool_names
@@ -60,7 +60,7 @@ def rollouts(run, params, rows: dict, *, batched: bool, temperature: float = 0.0
     tools, _ = registry(run.config.rl3.tools)
     prompts = [list(r[m == 1]) for r, m in zip(rows["prompt_ids"], rows["prompt_mask"])]
     kw = dict(max_turns=run.config.rl3.max_turns, max_total_len=run.config.rl3.max_total_len)
-    sampler = turn_sampler(with_sampling3(run), params, jax.random.PRNGKey(0), temperature=temperature)
+    sampler = turn_sampler(run, params, jax.random.PRNGKey(0), temperature=temperature)
     if batched:
         return agent_rollouts(sampler, run.tokenizer, prompts, [False] * len(prompts), tools, **kw)
     trajs, times = [], {"generate_s": 0.0, "tools_s": 0.0}

@@ -8,7 +8,7 @@ import pytest
 
 from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from tests.train.helpers import train
-from train.rollout import agent_rollouts, pack_trajectories
+from train.multiturn import agent_rollouts, pack_trajectories
 from train.tools import registry, run_tool
 
 G3 = ["--minimind", "3", "--from_weight", "none"]

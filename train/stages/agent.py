@@ -20,7 +20,7 @@ import numpy as np
 import losses
 from losses.rewards3 import agent_reward
 from train import rng
-from train.rollout import agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler
+from train.multiturn import agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference
 from train.tools import registry

@@ -1,0 +1,139 @@
+"""Multi-turn tool rollouts (the agent stage): every rollout advances one turn per batched sampler call, the tool
+calls of a turn run on the host between turns, and their results come back as observation tokens appended by
+concatenation (never by re-rendering and re-tokenising the whole conversation, whose token splits may differ).
+"""
+import dataclasses
+import time
+from functools import partial
+
+import jax
+import numpy as np
+
+import losses
+from train.rollout import sample
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """One tool-using rollout, built by concatenation: the prompt, then per turn the generated tokens (through the
+    eos that ended the turn: a trained target) and, after a turn with tool calls, the observation tokens (the tool
+    turn and the next generation prompt, tokenized on their own, never trained)."""
+    prompt: list[int]
+    open_thinking: bool
+    tokens: list[int] = dataclasses.field(default_factory=list)    # everything after the prompt
+    mask: list[int] = dataclasses.field(default_factory=list)      # 1: generated, 0: observation
+    turns: list[str] = dataclasses.field(default_factory=list)     # each turn's generated text (eos dropped)
+    calls: int = 0                  # tool calls parsed
+    errors: int = 0                 # calls that failed (unknown tool, bad arguments, exception, timeout)
+    unfinished: bool = False        # the last turn still called tools, or the rollout ran out of room
+    done: bool = False
+
+    @property
+    def context(self) -> list[int]:
+        return self.prompt + self.tokens
+
+
+def observation_ids(tokenizer, results: list[str], open_thinking: bool, ended: bool) -> list[int]:
+    """The tokens after a turn's tool calls: the turn's `<|im_end|>` if the model did not emit it, the newline that
+    ends the assistant turn, the tool results as one user turn of `<tool_response>` blocks, and the next
+    generation prompt."""
+    from minimind_jax.template3 import TURN_END, render
+    text = render([{"role": "tool", "content": r} for r in results], add_generation_prompt=True,
+                  open_thinking=open_thinking)
+    return tokenizer.encode(("" if ended else TURN_END.rstrip("\n")) + "\n" + text)
+
+
+def agent_rollouts(generate_turn, tokenizer, prompts: list[list[int]], open_thinking: list[bool], tools: dict, *,
+                   max_turns: int, max_total_len: int, timeout: float = 1.0) -> tuple[list[Trajectory], dict]:
+    """Every rollout advances one turn per `generate_turn(contexts) -> [generated ids]` call (one batched
+    sampler call for all the rollouts still running); tool calls run on the host between turns.
+
+    Returns the trajectories and {'generate_s', 'tools_s'}."""
+    from losses.rewards3 import call_arguments, parse_tool_calls
+    from train.tools import run_tool
+    eos, pad = tokenizer.eos_id, tokenizer.pad_id
+    trajs = [Trajectory(list(p), bool(t)) for p, t in zip(prompts, open_thinking)]
+    times = {"generate_s": 0.0, "tools_s": 0.0}
+    for turn in range(max_turns):
+        active = [t for t in trajs if not t.done]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        outputs = generate_turn([t.context for t in active])
+        t1 = time.perf_counter()
+        for traj, out in zip(active, outputs):
+            out = [int(x) for x in out]
+            ended = bool(out) and out[-1] == eos
+            traj.tokens += out
+            traj.mask += [1] * len(out)
+            text = tokenizer.decode([x for x in out if x not in (eos, pad)])
+            traj.turns.append(text)
+            calls = parse_tool_calls(text)
+            if not calls:
+                traj.done = True
+                continue
+            traj.calls += len(calls)
+            if turn == max_turns - 1:
+                traj.unfinished = traj.done = True
+                continue
+            results = []
+            for call in calls:
+                result, ok = run_tool(tools, str(call.get("name", "")), call_arguments(call), timeout)
+                results.append(result)
+                traj.errors += not ok
+            obs = observation_ids(tokenizer, results, traj.open_thinking, ended)
+            traj.tokens += obs
+            traj.mask += [0] * len(obs)
+            if len(traj.context) >= max_total_len:       # no room for another turn
+                traj.unfinished = traj.done = True
+        times["generate_s"] += t1 - t0
+        times["tools_s"] += time.perf_counter() - t1
+    return trajs, times
+
+
+def bucket(n: int, step: int) -> int:
+    """n rounded up to a multiple of `step`: shapes from a few buckets compile a few programs."""
+    return -(-n // step) * step
+
+
+def turn_sampler(run, params, key, width_multiple: int = 64, temperature: float | None = None):
+    """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and to a power
+    of two of rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
+    its eos. Buckets keep the compiled programs few as rollouts finish and contexts grow."""
+    tok, calls = run.tokenizer, [0]
+
+    def generate_turn(contexts: list[list[int]]) -> list[list[int]]:
+        n, W = len(contexts), bucket(max(map(len, contexts)), width_multiple)
+        rows = contexts + [contexts[0]] * ((1 << (n - 1).bit_length()) - n)
+        ids = np.full((len(rows), W), tok.pad_id, np.int32)
+        mask = np.zeros((len(rows), W), np.int32)
+        for i, c in enumerate(rows):
+            ids[i, W - len(c):], mask[i, W - len(c):] = c, 1
+        seqs, cmask = sample(run, params, ids, mask, jax.random.fold_in(key, calls[0]), temperature)
+        calls[0] += 1
+        seqs, cmask = np.asarray(seqs)[:n, W:], np.asarray(cmask)[:n]
+        return [list(s[:m.sum()]) for s, m in zip(seqs, cmask)]
+    return generate_turn
+
+
+def pack_trajectories(trajs: list[Trajectory], max_total_len: int, pad_id: int, width: int | None = None) -> dict:
+    """Trajectories -> right-padded training rows: `sequences` int32 [N, T] (prompt + response, the last
+    max_total_len tokens of each), `response_mask` int32 [N, T] (1 on generated tokens), `attention_mask`
+    (real tokens), `prompt_lens` int32 [N] (the first generated position). T is `width` when given (>= the
+    longest row), else the longest row."""
+    ids = [(t.prompt + t.tokens)[-max_total_len:] for t in trajs]
+    masks = [([0] * len(t.prompt) + t.mask)[-max_total_len:] for t in trajs]
+    T = max(map(len, ids)) if width is None else width
+    out = {"sequences": np.full((len(ids), T), pad_id, np.int32), "response_mask": np.zeros((len(ids), T), np.int32),
+           "attention_mask": np.zeros((len(ids), T), np.int32)}
+    for i, (x, m) in enumerate(zip(ids, masks)):
+        out["sequences"][i, :len(x)], out["response_mask"][i, :len(x)], out["attention_mask"][i, :len(x)] = x, m, 1
+    out["prompt_lens"] = np.array([next((j for j, v in enumerate(m) if v), len(m)) for m in masks], np.int32)
+    return out
+
+
+@partial(jax.jit, static_argnames=("model",))
+def sequence_logps(model, params, sequences, attention_mask):
+    """Log-prob of every next token, [N, T - 1]: position t predicts token t + 1."""
+    logits = model.apply({"params": params}, sequences[:, :-1], attention_mask=attention_mask[:, :-1]).logits
+    return losses.token_logprobs(logits, sequences[:, 1:])
