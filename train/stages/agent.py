@@ -113,4 +113,6 @@ STAGE = Stage(
     init=init_with_reference,
     schedule=rl_schedule,
     prepare=prepare,
+    single_process="its turn loop runs on the host, per process; the processes' sampler calls are not yet kept in "
+                   "lockstep (rollouts finish after different numbers of turns)",
 )
