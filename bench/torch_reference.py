@@ -2,11 +2,16 @@
 
 Written from the specification: RMSNorm, rotate-half RoPE, GQA through torch's fused SDPA (as the reference uses
 when available), SwiGLU, tied embeddings, and the reference's MoE (a Python loop over experts while training).
-Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it. Runs on CPU (fp32) or CUDA, where
+Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it. `python -m bench.torch_reference`
+times train steps in a process of their own and prints them as one JSON line (bench.cli alternates it with runs of
+the CLI). Runs on CPU (fp32) or CUDA, where
 `dtype="bfloat16"` trains under bf16 autocast with fp32 weights, as the reference trains on GPU.
 """
+import argparse
 import contextlib
+import json
 import math
+import statistics
 import time
 
 import torch
@@ -141,18 +146,23 @@ class MiniMind(nn.Module):
         return (logits, aux) if past is None else (logits, aux, new)
 
 
-def best_seconds(fn, repeat: int) -> float:
-    """Best wall-clock seconds of fn() over `repeat` calls, after one warm-up call (CUDA work waited for)."""
+def step_seconds(fn, repeat: int) -> list[float]:
+    """Wall-clock seconds of each of `repeat` calls of fn(), after one warm-up call (CUDA work waited for)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     sync()
-    best = float("inf")
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def best_seconds(fn, repeat: int) -> float:
+    """Best wall-clock seconds of fn() over `repeat` calls, after one warm-up call."""
+    return min(step_seconds(fn, repeat))
 
 
 def _config(hidden, layers, moe):
@@ -186,14 +196,15 @@ def make_train_step(model, batch: int, seq: int, device: str, dtype: str):
 
 def train_tokens_per_s(hidden=512, layers=8, moe=False, batch=8, seq=340, steps=5, threads=None, device="cpu",
                        dtype="float32") -> dict:
-    """Train steps of the reference recipe; dtype 'bfloat16': bf16 autocast over fp32 weights."""
+    """Train steps of the reference recipe; dtype 'bfloat16': bf16 autocast over fp32 weights.
+    -> tokens/s of the best step, its seconds, the median step's seconds, every step's."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = MiniMind(_config(hidden, layers, moe)).to(device)
-    best = best_seconds(make_train_step(model, batch, seq, device, dtype), steps)
-    return {"tokens_per_s": batch * seq / best, "step_s": best,
-            "params": sum(p.numel() for p in model.parameters())}
+    times = step_seconds(make_train_step(model, batch, seq, device, dtype), steps)
+    return {"tokens_per_s": batch * seq / min(times), "step_s": min(times), "median_s": statistics.median(times),
+            "steps_s": times, "params": sum(p.numel() for p in model.parameters())}
 
 
 def _sampler(model, batch: int, prompt: int, new: int, device: str):
@@ -256,3 +267,21 @@ def grpo_step_seconds(hidden=512, layers=8, prompts=2, generations=8, prompt=66,
     parts = {"rollout_s": best_seconds(generate, repeat), "score_s": best_seconds(score, repeat),
              "update_s": best_seconds(train, repeat)}
     return {**parts, "step_s": sum(parts.values())}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="time reference train steps; prints one JSON line")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--moe", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=340)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    a = p.parse_args(argv)
+    r = train_tokens_per_s(a.hidden, a.layers, bool(a.moe), a.batch, a.seq, a.steps, dtype=a.dtype)
+    print(json.dumps({**r, "threads": torch.get_num_threads(), "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()

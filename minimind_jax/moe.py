@@ -16,6 +16,7 @@ topk_weight/topk_idx [N, k], and return [N, H] float32; products run in x's dtyp
 
 `choose` picks one by backend and token count; IMPL overrides it (tests).
 """
+import functools
 import math
 import os
 
@@ -26,12 +27,13 @@ from jax import lax
 from minimind_jax import dots
 
 F32 = jnp.float32
-IMPLS = ("dense", "slab", "block", "grouped")
+IMPLS = ("dense", "slab", "block", "sorted", "grouped")
 
 # Force one implementation ("dense", "slab", "block" or "grouped"); None chooses (`choose`). Read when a function is
 # traced. MINIMIND_MOE sets its default.
 IMPL: str | None = os.environ.get("MINIMIND_MOE") or None
 BLOCK = 256             # rows per block of the block path
+WINDOW = 128            # rows per window of the sorted path
 SLAB_FACTOR = 1.25      # exact slab path: each expert's slab holds this times its balanced share of the pairs
 
 
@@ -172,6 +174,138 @@ def grouped_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx):
     return jnp.sum(rows[inverse].reshape(N, k, H).astype(F32) * topk_weight[:, :, None], axis=1)
 
 
+def take_rows(x, idx, inv):
+    """Rows `idx` of x with a zero row appended: x [R, H], idx [M] in [0, R] (R: the zero row) -> [M, H].
+
+    A gather whose transpose is a gather too, by inv [R, c] (the positions in idx that took each row; M where fewer
+    than c did), summed over c: XLA:CPU's scatter-add, what autodiff would transpose the gather into, is a serial
+    loop over rows. Exact when each row r is taken exactly at inv[r] (and nowhere else)."""
+    return _take_rows(x, idx, inv)
+
+
+def _with_zero_row(x):
+    return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
+
+
+@jax.custom_vjp
+def _take_rows(x, idx, inv):
+    return _with_zero_row(x)[idx]
+
+
+def _take_rows_fwd(x, idx, inv):
+    return _take_rows(x, idx, inv), (idx, inv)
+
+
+def _take_rows_bwd(res, g):
+    idx, inv = res
+    return jnp.sum(_with_zero_row(g)[inv], axis=1), None, None          # [R, c, H] -> [R, H]
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+def _mm(a, b, dims, out_dtype):
+    """One 2-D dot accumulating in float32, out in out_dtype."""
+    return lax.dot_general(a, b, dims, preferred_element_type=F32).astype(out_dtype)
+
+
+_NN = (((1,), (0,)), ((), ()))          # [M, K] @ [K, N]
+_NT = (((1,), (1,)), ((), ()))          # [M, K] @ [N, K]^T
+_TN = (((0,), (0,)), ((), ()))          # [M, K]^T @ [M, N]
+
+
+def _windows(start, size, window: int, step, carry):
+    """carry = step(carry, row, valid) for each window of `window` rows over the run [start, start + size), in
+    order; valid [window] bool marks the window's rows inside the run.
+
+    The last window may reach past the run: the rows it computes there belong to the next run (or padding), whose
+    own windows, run after these, overwrite them."""
+    def body(i, carry):
+        return step(carry, start + i * window, i * window + jnp.arange(window) < size)
+    return lax.fori_loop(0, (size + window - 1) // window, body, carry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def sorted_swiglu(xs, w_gate_up, w_down, starts, sizes, window: int):
+    """SwiGLU of each expert on its run of rows: xs [R, H] sorted by expert (expert e's rows at
+    [starts[e], starts[e] + sizes[e]), then at least `window` - 1 rows of padding), w_gate_up [E, H, 2I],
+    w_down [E, I, H] -> [R, H] in xs's dtype (rows outside every run are undefined).
+
+    Each run is read in windows of `window` rows, a loop of 2-D dots on its expert's weights in place: the FLOPs of
+    the routed pairs plus under one window per expert. The backward is written out (silu recomputed from the saved
+    pre-activations [R, 2I]) because autodiff of the loops would stack every window's operands."""
+    return _sorted_fwd(xs, w_gate_up, w_down, starts, sizes, window)[0]
+
+
+def _sorted_fwd(xs, w_gate_up, w_down, starts, sizes, window):
+    cd, I = xs.dtype, w_down.shape[1]
+
+    def step(e, carry, row, valid):
+        out, pre = carry
+        xw = lax.dynamic_slice_in_dim(xs, row, window)                              # [W, H]
+        gate_up = _mm(xw, w_gate_up[e], _NN, cd)                                    # [W, 2I]
+        g32 = gate_up.astype(F32)
+        act = (jax.nn.silu(g32[:, :I]) * g32[:, I:]).astype(cd)                     # [W, I]
+        out = lax.dynamic_update_slice_in_dim(out, _mm(act, w_down[e], _NN, cd), row, 0)
+        return out, lax.dynamic_update_slice_in_dim(pre, gate_up, row, 0)
+
+    carry = (jnp.zeros(xs.shape, cd), jnp.zeros((xs.shape[0], 2 * I), cd))      # out [R, H], pre [R, 2I]
+    for e in range(w_gate_up.shape[0]):
+        carry = _windows(starts[e], sizes[e], window, functools.partial(step, e), carry)
+    return carry[0], (xs, w_gate_up, w_down, starts, sizes, carry[1])
+
+
+def _sorted_bwd(window, res, ct):
+    xs, w_gate_up, w_down, starts, sizes, pre = res
+    cd, (E, H, I2), I = xs.dtype, w_gate_up.shape, w_down.shape[1]
+
+    def step(e, carry, row, valid):
+        dxs, d_gate_up, d_down = carry
+        g = jnp.where(valid[:, None], lax.dynamic_slice_in_dim(ct, row, window), 0).astype(cd)   # [W, H]
+        xw = lax.dynamic_slice_in_dim(xs, row, window)                              # [W, H]
+        gate_up = lax.dynamic_slice_in_dim(pre, row, window).astype(F32)            # [W, 2I]
+        gate, up = gate_up[:, :I], gate_up[:, I:]
+        sig = jax.nn.sigmoid(gate)
+        d_act = _mm(g, w_down[e], _NT, F32)                                         # [W, I]
+        d_down = d_down + _mm((gate * sig * up).astype(cd), g, _TN, F32)            # [I, H]
+        d_pre = jnp.concatenate([d_act * up * sig * (1 + gate * (1 - sig)), d_act * gate * sig], 1).astype(cd)
+        d_gate_up = d_gate_up + _mm(xw, d_pre, _TN, F32)                            # [H, 2I]
+        dxs = lax.dynamic_update_slice_in_dim(dxs, _mm(d_pre, w_gate_up[e], _NT, cd), row, 0)
+        return dxs, d_gate_up, d_down
+
+    dxs, d_gate_up, d_down = jnp.zeros(xs.shape, cd), [], []
+    for e in range(E):
+        dxs, dgu, dd = _windows(starts[e], sizes[e], window, functools.partial(step, e),
+                                (dxs, jnp.zeros((H, I2), F32), jnp.zeros((I, H), F32)))
+        d_gate_up.append(dgu)
+        d_down.append(dd)
+    return (dxs, jnp.stack(d_gate_up).astype(w_gate_up.dtype), jnp.stack(d_down).astype(w_down.dtype), None, None)
+
+
+sorted_swiglu.defvjp(_sorted_fwd, _sorted_bwd)
+
+
+def sorted_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, window: int = WINDOW):
+    """The routed sum over exactly the chosen pairs, no token dropped: the N*k pairs sorted by expert into
+    xs [A + window, H] (A = N*k), each expert's run through its SwiGLU in windows (sorted_swiglu), the rows
+    gathered back to their pairs and summed with the routing weights in float32. Every gather's transpose is a
+    gather (take_rows), so neither direction has a scatter-add."""
+    N, H = x.shape
+    E, k = w_gate.shape[0], topk_idx.shape[1]
+    A = N * k
+    expert = topk_idx.reshape(-1)                                            # [A] expert of pair p = n*k + j
+    order = jnp.argsort(expert, stable=True).astype(jnp.int32)              # [A] sorted row -> pair
+    rank = jnp.zeros((A,), jnp.int32).at[order].set(jnp.arange(A, dtype=jnp.int32))   # [A] pair -> sorted row
+    sizes = jnp.bincount(expert, length=E).astype(jnp.int32)                # [E]
+    starts = jnp.cumsum(sizes) - sizes                                       # [E]
+    pad = lambda v, fill: jnp.concatenate([v, jnp.full((window,), fill, jnp.int32)])
+    xs = take_rows(x, pad(order // k, N), rank.reshape(N, k))                # [A + W, H], padding rows 0
+    w_gate_up = jnp.concatenate([w_gate, w_up], axis=-1)                     # [E, H, 2I]
+    rows = sorted_swiglu(xs, w_gate_up, w_down, starts, sizes, window)       # [A + W, H]
+    pairs = take_rows(rows, rank, pad(order, A)[:, None])                    # [A, H]
+    return jnp.einsum("nkh,nk->nh", pairs.reshape(N, k, H).astype(F32), topk_weight)
+
+
 def dropped_fraction(topk_idx, experts: int, capacity: int):
     """Fraction of the (token, expert) pairs that do not fit their expert's slab of `capacity` rows."""
     slot, _ = slab_slots(topk_idx, experts, capacity)
@@ -189,6 +323,6 @@ def routed_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, capacity_fact
         capacity = slab_capacity(N, E, k, capacity_factor)
         return slab_experts(*args, capacity), dropped_fraction(topk_idx, E, capacity)
     impl = impl or choose(N, E, k)
-    run = {"dense": dense_experts, "slab": exact_slab_experts, "block": block_experts,
+    run = {"dense": dense_experts, "slab": exact_slab_experts, "block": block_experts, "sorted": sorted_experts,
            "grouped": grouped_experts}[impl]
     return run(*args), jnp.zeros((), F32)

@@ -2,9 +2,10 @@
 
 Attention: the grouped CPU path against jax.nn.dot_product_attention (implementation="xla", the accelerator
 path minus the cuDNN kernel), causal, left and right padding, GQA, a cached forward (prefill and decode, both cache
-layouts). MoE: dense, slab, block and grouped (jax.lax.ragged_dot) dispatch, top-2 with a shared expert and
-top-1 (both generations), skewed routing (the slab path's fallback), capacity dropping; the same under a 4-device
-mesh with the experts split over an `expert` axis (a subprocess).
+layouts). MoE: dense, slab, block, sorted and grouped (jax.lax.ragged_dot) dispatch, top-2 with a shared expert
+and top-1 (both generations), skewed routing (the slab path's fallback), an expert with no pairs, runs shorter and
+longer than the sorted path's window, capacity dropping; the same under a 4-device mesh with the experts split over
+an `expert` axis (a subprocess).
 """
 import contextlib
 import json
@@ -159,8 +160,34 @@ def test_expert_paths_agree(k, skew):
     for impl in moe.IMPLS:
         f = lambda *a: jnp.sum(moe.routed_experts(*a, args[5], impl=impl)[0] * cot)
         grads[impl] = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3, 4)))(*args[:5])
-    for impl in ("slab", "block", "grouped"):
+    for impl in moe.IMPLS[1:]:
         close(grads["dense"], grads[impl], 2e-4)
+
+
+@pytest.mark.parametrize("window", [8, 64, 512])
+def test_sorted_windows(window):
+    """The sorted path against the dense one when runs span many windows, end inside one, or fill exactly whole
+    ones, and when an expert gets no pair (routing forced off expert 3)."""
+    x, wg, wu, wd, weight, idx = expert_args(N=96, E=4, k=2)
+    idx = jnp.where(idx == 3, (idx + 1) % 3, idx)
+    idx = jnp.where(idx[:, :1] == idx[:, 1:], jnp.stack([idx[:, 0], (idx[:, 0] + 1) % 3], 1), idx)
+    sizes = jnp.bincount(idx.reshape(-1), length=4)
+    assert int(sizes[3]) == 0 and int(jnp.max(sizes)) > 8
+    cot = jnp.asarray(np.random.default_rng(1).normal(0, 1, (96, 16)), jnp.float32)
+    f = lambda run: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(run(*a, idx) * cot), argnums=(0, 1, 2, 3, 4)))
+    close(f(moe.dense_experts)(x, wg, wu, wd, weight),
+          f(lambda *a: moe.sorted_experts(*a, window=window))(x, wg, wu, wd, weight), 1e-4)
+
+
+def test_take_rows_transposes_by_gather():
+    """take_rows' gradient (a gather by the inverse index) is the scatter-add that autodiff of the gather gives."""
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.normal(0, 1, (5, 3)), jnp.float32)
+    idx = jnp.asarray([3, 5, 0, 3, 5, 1, 0, 4])                 # row 2 never taken, 5 is the zero row
+    inv = jnp.asarray([[2, 6], [5, 8], [8, 8], [0, 3], [7, 8]])  # where each row was taken; 8: nowhere
+    cot = jnp.asarray(r.normal(0, 1, (8, 3)), jnp.float32)
+    plain = lambda x: jnp.sum(jnp.concatenate([x, jnp.zeros((1, 3))])[idx] * cot)
+    close(jax.grad(plain)(x), jax.grad(lambda x: jnp.sum(moe.take_rows(x, idx, inv) * cot))(x), 1e-6)
 
 
 def test_capacity_drops_pairs_past_the_slab():
@@ -191,7 +218,7 @@ def test_model_expert_paths_agree(generation):
     for impl in moe.IMPLS:
         with impls(experts=impl):
             results[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    for impl in ("slab", "block", "grouped"):
+    for impl in moe.IMPLS[1:]:
         close(results["dense"], results[impl], 2e-5)
 
 
