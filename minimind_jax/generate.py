@@ -29,10 +29,19 @@ class GenerateOutput:
     completion_mask: jax.Array    # int32 [B, N]
 
 
+def per_row(rng) -> bool:
+    """Whether `rng` is one key per row ([B] typed keys or raw uint32 [B, 2]) rather than a single key."""
+    return rng.ndim == (1 if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else 2)
+
+
+# [B] keys, each folded with the same index: a row's key at one decoding step.
+step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+
+
 def sample_token(logits, rng, temperature: float, top_k: int = 0, top_p: float = 1.0):
     """One token per row from logits [B, V] (float32): argmax when temperature is 0, else a draw from
     softmax(logits / temperature) restricted to the top_k largest (0: all) and then to the smallest set whose
-    probability reaches top_p (1.0: all)."""
+    probability reaches top_p (1.0: all). `rng` is one key for the batch or one key per row."""
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / temperature
@@ -45,6 +54,8 @@ def sample_token(logits, rng, temperature: float, top_k: int = 0, top_p: float =
             keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p          # mass before a token < top_p
         threshold = jnp.min(jnp.where(keep, ranked, jnp.inf), axis=-1, keepdims=True)  # smallest kept logit
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    if per_row(rng):
+        return jax.vmap(jax.random.categorical)(rng, logits).astype(jnp.int32)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -85,26 +96,27 @@ def _generate(model, params, input_ids, attention_mask, rng, *, max_new_tokens, 
     sample = lambda logits, key: sample_token(logits, key, temperature, top_k, top_p)
     finished = (lambda tok: tok == eos_token_id) if eos_token_id is not None else (lambda tok: jnp.zeros_like(tok, bool))
 
+    # One key per row, folded with the step: a row's draws depend on its key alone, never on the rows it is
+    # batched with, so a row samples the same completion on 1 device, on many, or split across processes.
+    keys = rng if per_row(rng) else jax.random.split(rng, B)                  # [B]
     cache = KVCache.create(model.cfg, B, P + N, model.policy.compute_dtype)
     out = run(input_ids, attention_mask, cache)                              # prefill: logits [B, P, V]
-    rng, key = jax.random.split(rng)
-    first = sample(out.logits[:, -1], key)                                   # [B]; prompts are left-padded
+    first = sample(out.logits[:, -1], step_keys(keys, 0))                    # [B]; prompts are left-padded
     tokens = jnp.full((B, N), pad_token_id, jnp.int32).at[:, 0].set(first)
 
     def cond(state):
-        i, _, _, done, _, _ = state
+        i, _, _, done, _ = state
         return (i < N) & ~jnp.all(done)
 
     def step(state):
-        i, tokens, last, done, cache, rng = state
+        i, tokens, last, done, cache = state
         out = step_run(last[:, None], cache)                                 # one token at position P + i - 1
-        rng, key = jax.random.split(rng)
-        tok = jnp.where(done, pad_token_id, sample(out.logits[:, -1], key))  # [B]
+        tok = jnp.where(done, pad_token_id, sample(out.logits[:, -1], step_keys(keys, i)))  # [B]
         tokens = lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
-        return i + 1, tokens, tok, done | finished(tok), out.cache, rng
+        return i + 1, tokens, tok, done | finished(tok), out.cache
 
-    state = (jnp.ones((), jnp.int32), tokens, first, finished(first), out.cache, rng)
-    _, tokens, _, _, _, _ = lax.while_loop(cond, step, state)
+    state = (jnp.ones((), jnp.int32), tokens, first, finished(first), out.cache)
+    _, tokens, _, _, _ = lax.while_loop(cond, step, state)
     sequences = jnp.concatenate([input_ids.astype(jnp.int32), tokens], axis=1)
     return GenerateOutput(sequences=sequences, completion_mask=completion_mask(tokens, eos_token_id))
 
@@ -114,8 +126,10 @@ def generate(model: MiniMindForCausalLM, params, input_ids, attention_mask=None,
              eos_token_id: int | None = 2, pad_token_id: int = 0) -> GenerateOutput:
     """Sample `max_new_tokens` after left-padded prompts input_ids [B, P] (attention_mask 1 = real token).
 
-    Greedy when temperature is 0 (then rng may be None). eos_token_id=None never stops early. Tokens after a
-    row's first eos are pad_token_id. Compute follows the weights: pass bf16 params for a bf16 rollout.
+    `rng` is one key (split into one per row) or one key per row ([B] typed or uint32 [B, 2]): a row's completion
+    depends only on its prompt and its key. Greedy when temperature is 0 (then rng may be None).
+    eos_token_id=None never stops early. Tokens after a row's first eos are pad_token_id. Compute follows the
+    weights: pass bf16 params for a bf16 rollout.
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise ValueError(f"generate: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "

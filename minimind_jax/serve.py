@@ -36,7 +36,7 @@ import numpy as np
 from jax import lax
 
 from minimind_jax.chat import PROMPT_BUCKET, add_model_args, decode_step, open_model, prefill
-from minimind_jax.generate import decoding_model
+from minimind_jax.generate import decoding_model, step_keys as row_step_keys
 from minimind_jax.tokenizer import Tokenizer
 
 PAGE = Path(__file__).parent / "static" / "chat.html"
@@ -75,7 +75,7 @@ def sample_rows(logits, keys, temperature, top_p):
     return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
-step_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+step_keys = jax.jit(row_step_keys)
 
 
 # ---- the batching worker ----------------------------------------------------------------------------------------

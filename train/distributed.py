@@ -94,3 +94,20 @@ def sync(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
 
+
+
+def over_processes(info: dict) -> dict:
+    """Per-process step metrics -> the whole step's, on every process: counts (ints) summed, seconds the slowest
+    process's, other numbers averaged (every process holds as many rows, so a mean of means is the mean); text
+    (a sample completion) stays this process's. A collective: every process calls it with the same keys."""
+    if jax.process_count() == 1:
+        return info
+    keys = [k for k, v in info.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+    values = np.asarray(multihost_utils.process_allgather(np.array([info[k] for k in keys], np.float32)))  # [P, K]
+    reduced = {}
+    for k, column in zip(keys, values.T):
+        if isinstance(info[k], (int, np.integer)):
+            reduced[k] = int(round(float(column.sum())))
+        else:
+            reduced[k] = float(column.max() if k.endswith("_s") else column.mean())
+    return {**info, **reduced}

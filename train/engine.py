@@ -12,7 +12,6 @@ weights saved; SIGTERM and SIGINT end the current step, save a checkpoint and ex
 """
 import dataclasses
 import json
-import math
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from train import checkpoint, optim, rng
 from train.batches import Rows, split_batch, step_rows
 from train.config import TrainConfig
 from train.console import config_record, short_data_warning, start_message
-from train.distributed import host_copy
+from train.distributed import host_copy, over_processes
 from train.evaluation import Evaluator
 from train.errors import UsageError
 from train.lock import RunLock
@@ -82,12 +81,6 @@ def _check_mesh(stage: Stage, config: TrainConfig, mesh):
         raise UsageError(f"--batch_size {config.optim.batch_size} must divide by the {devices} devices of the mesh")
     if jax.process_count() > 1 and stage.single_process:
         raise UsageError(f"--stage {config.stage} runs on one process for now: {stage.single_process}")
-    # A stage's rollouts run on each process's own rows with its local params: right when params are whole on every
-    # process (data parallel), not yet when fsdp/expert split them across hosts.
-    if jax.process_count() > 1 and stage.rollouts:
-        if math.prod(n for axis, n in mesh.shape.items() if axis != "data") > 1:
-            raise UsageError(f"--stage {config.stage} on {jax.process_count()} processes needs whole params on every "
-                             f"process: use --mesh data=N (got {dict(mesh.shape)})")
 
 
 def _write_export(run: Run, stage: Stage, state: TrainState, frozen) -> None:
@@ -121,11 +114,14 @@ def make_batch(s: Session, state: TrainState, step: int) -> tuple[dict, dict, di
     epoch, in_epoch = divmod(step, s.steps_per_epoch)
     perm = epoch_permutation(seed, epoch, len(s.dataset))
     rows = step_rows(perm, in_epoch, o.accumulation_steps, o.batch_size)                # [A, B]: the whole step
+    if s.stage.resample is not None:
+        rows = s.stage.resample(s.run, state, rows, step)
     rows = rows[:, process_rows(s.run.mesh, o.batch_size)]                               # [A, B / processes]: ours
     arrays, host = split_batch(s.dataset.batch(rows.reshape(-1), epoch=epoch), rows.shape)
     info, extra = {}, None
     if s.stage.prepare is not None:
         arrays, info, extra = s.stage.prepare(s.run, state, s.frozen, arrays, host, step)
+        info = over_processes(info)
     return to_global(arrays, s.run.mesh), info, extra
 
 

@@ -111,6 +111,23 @@ def process_rows(mesh: Mesh, batch: int) -> np.ndarray:
 
 def to_global(local_batch: dict, mesh: Mesh, batch_axis: int = 1) -> dict:
     """This process's rows (`process_rows`) -> global jax.Arrays sharded over the mesh (the same call on 1 or many
-    hosts)."""
+    hosts). Leaves that are already global jax.Arrays (an RL batch computed on the mesh) are resharded to the batch
+    layout instead."""
     sharding = batch_sharding(mesh, batch_axis)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+    put = lambda v: (reshard(v, sharding) if isinstance(v, jax.Array)
+                     else jax.make_array_from_process_local_data(sharding, np.asarray(v)))
+    return {k: put(v) for k, v in local_batch.items()}
+
+
+def reshard(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """x laid out as `sharding` (a jitted identity: it moves rows between processes when it must)."""
+    return x if x.sharding.is_equivalent_to(sharding, x.ndim) else jax.jit(lambda y: y, out_shardings=sharding)(x)
+
+
+def to_local(x: jax.Array, mesh: Mesh, batch_axis: int = 1) -> np.ndarray:
+    """The inverse of `to_global`: this process's rows of a global array, in `process_rows` order (all of them on
+    one process)."""
+    x = reshard(x, batch_sharding(mesh, batch_axis))
+    shards = {s.index[batch_axis].indices(x.shape[batch_axis])[0]: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)], axis=batch_axis)
+

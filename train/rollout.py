@@ -1,8 +1,11 @@
 """RL's one home: a batch of prompts becomes a batch of scored rollouts, ready for the jitted update.
 
-    prompts [A, B, P] -> G completions each (jitted sampler) -> rewards (host: they read strings)
+    prompts [A, B, P] -> G completions each (jitted sampler, a key per rollout) -> rewards (host: they read strings)
       -> log-probs of the reference and of the sampling policy (one jitted forward each)
-      -> every array reshaped to [A, B * G, ...] (micro-batch axis first, like every engine batch)
+      -> every array [A, B * G, ...] (micro-batch axis first, like every engine batch), global on the mesh
+
+Across processes every step is one program over the whole mesh: each process feeds its prompts, the sampler and
+the forwards run with the params however they are split, and each process scores only its own rows.
 
 Sequences are [prompt (left-padded) | completion]; positions are indices in that padded sequence both while
 sampling and while scoring, so the log-probs the update recomputes are the sampler's.
@@ -32,6 +35,7 @@ from minimind_jax.paths import resolve_weights
 from train import rng
 from train.config import TrainConfig
 from train.errors import UsageError
+from train.mesh import process_rows, to_global, to_local
 
 
 # ---- sampling and scoring under a policy ---------------------------------------------------------------------------
@@ -165,31 +169,64 @@ def make_scorer(config: TrainConfig, tokenizer):
 
 # ---- the rollout batch ---------------------------------------------------------------------------------------------
 
+def row_keys(seed: int, step: int, positions) -> jax.Array:
+    """uint32 [..., 2]: the sampling key of each rollout from its global position in the step ([A, B * G] flattened),
+    so a row draws the same completion whatever the device or process count."""
+    base = rng.draw(seed, "rollout", step)
+    positions = jnp.asarray(positions, jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(positions.reshape(-1)).reshape(*positions.shape, 2)
+
+
+@partial(jax.jit, static_argnames=("model",))
+def rollout_logps(model, params, sequences, attention_mask, completion_mask):
+    """completion_logps of an [A, N, ...] rollout batch, [A, N, R]."""
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    A, N, R = completion_mask.shape
+    return completion_logps(model, params, flat(sequences), flat(attention_mask), flat(completion_mask)).reshape(A, N, R)
+
+
 def rollout_batch(run, sample_params, frozen, arrays, host, step, *, num_generations=1, old_params=None):
-    """(device batch, host info) for one optimizer step. The sampling key depends only on (seed, step)."""
+    """(batch, host info) for one optimizer step: the batch's arrays are global jax.Arrays [A, B * G, ...] on the
+    mesh (rows split like every engine batch), so what a stage computes from them next (group or batch
+    statistics, a tracker) sees the whole step, on any number of processes.
+
+    `arrays` and `host` hold this process's prompts. Sampling and scoring run on the whole mesh (params may be
+    split across hosts; the compiler gathers what each layer needs), each row with its own key; the rewards are
+    computed on this process's rows only (a user --reward_fn sees plain Python lists of them). `info` holds this
+    process's means (the engine averages them over processes)."""
+    mesh, seed = run.mesh, run.config.seed
     A, B, P = arrays["prompt_ids"].shape
     G = num_generations
-    prompt_ids = np.repeat(arrays["prompt_ids"].reshape(A * B, P), G, axis=0)        # [N, P], N = A*B*G
-    prompt_mask = np.repeat(arrays["prompt_mask"].reshape(A * B, P), G, axis=0)
+    local = lambda x: np.repeat(x, G, axis=1)                                   # [A, B, ...] -> [A, B * G, ...]
+    N = B * G * mesh.devices.size // len(mesh.local_devices)                    # rollouts per micro-batch, all processes
+    positions = np.arange(A)[:, None] * N + process_rows(mesh, N)               # [A, B * G]: ours, in the step
+    glob = to_global({"prompt_ids": local(arrays["prompt_ids"]), "prompt_mask": local(arrays["prompt_mask"]),
+                      "keys": np.asarray(row_keys(seed, step, positions)), "index": local(arrays["index"])}, mesh)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
 
     t0 = time.perf_counter()
-    sequences, completion_mask = sample(run, sample_params, prompt_ids, prompt_mask,
-                                        rng.draw(run.config.seed, "rollout", step))
-    amask = attention_mask(prompt_mask, completion_mask)
-    jax.block_until_ready(sequences)
+    sequences, completion_mask = sample(run, sample_params, flat(glob["prompt_ids"]), flat(glob["prompt_mask"]),
+                                        flat(glob["keys"]))
+    sequences = sequences.reshape(A, N, -1)                                      # [A, N, P + R], all processes'
+    completion_mask = completion_mask.reshape(A, N, -1)                          # [A, N, R]
+    amask = jnp.concatenate([glob["prompt_mask"], completion_mask], axis=-1)
+    # Dispatched before the host scores: the device computes the log-probs while the rewards are read.
+    batch = {"sequences": sequences, "attention_mask": amask, "completion_mask": completion_mask,
+             "index": glob["index"], "ref_logps": rollout_logps(run.model, frozen["ref"], sequences, amask,
+                                                                completion_mask)}
+    if old_params is not None:
+        batch["old_logps"] = rollout_logps(run.model, old_params, sequences, amask, completion_mask)
+    mine = lambda x: flat(to_local(x, mesh))                                     # this process's rows, [n, ...]
+    seq_here, mask_here = mine(sequences), mine(completion_mask)
     t1 = time.perf_counter()
-    responses = decode(run.tokenizer, sequences, completion_mask, P)
+    responses = decode(run.tokenizer, seq_here, mask_here, P)
     repeat = lambda xs: [x for x in xs for _ in range(G)]
     rewards, components = run.score(repeat(host["prompts"]), responses, repeat(host["answers"]))
     t2 = time.perf_counter()
-    batch = {"sequences": sequences, "attention_mask": amask, "completion_mask": completion_mask,
-             "rewards": rewards, "index": np.repeat(arrays["index"].reshape(-1), G),
-             "ref_logps": completion_logps(run.model, frozen["ref"], sequences, amask, completion_mask)}
-    if old_params is not None:
-        batch["old_logps"] = completion_logps(run.model, old_params, sequences, amask, completion_mask)
-    batch = jax.tree.map(lambda x: np.asarray(x).reshape(A, B * G, *np.shape(x)[1:]), batch)
+    batch["rewards"] = to_global({"r": rewards.reshape(A, -1)}, mesh)["r"]
+    jax.block_until_ready(batch)
     t3 = time.perf_counter()
-    lengths = np.asarray(completion_mask).sum(-1)
+    lengths = mask_here.sum(-1)
     info = {"reward": float(np.mean(rewards)), **{f"reward_{k}": float(np.mean(v)) for k, v in components.items()},
             "response_len": float(lengths.mean()), "completion_tokens": int(lengths.sum()),
             "rollout_s": t1 - t0, "reward_s": t2 - t1, "logps_s": t3 - t2,

@@ -74,6 +74,8 @@ class Stage:
     prepare: Callable | None = None         # RL: (run, state, frozen, arrays, host, step) -> (batch, info, extra):
     #                                         the rollout batch, its logged info, and the stage state the step should
     #                                         run on when host-side work changed it (None: unchanged)
+    resample: Callable | None = None        # (run, state, rows int [A, B], step) -> rows [A, B]: the rows the step
+    #                                         trains on, drawn from the whole step's (every process draws alike)
     update_extra: Callable | None = None    # (run) -> fn(extra, params, batch, step) -> extra, inside the jit
     evaluate: Callable | None = None        # (run, state, frozen) -> {metric: float}, after training (eval.json)
     make_step: Callable | None = None       # (loss_fn, tx, update_extra) -> step(state, batch, frozen), for methods

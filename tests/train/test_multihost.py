@@ -5,16 +5,12 @@ The mesh is `fsdp=2` over one device per process, the hardest layout for the plu
 across the processes, the embedding and its Adam moments are split across them too, so the checkpoint holds one
 shard per process and the exported weights must be gathered first.
 """
-import contextlib
-import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 from safetensors.numpy import load_file
 
-from tests.train.helpers import TINY, losses_of, train
+from tests.train.helpers import TINY, losses_of, train, two_processes
 from train.distributed import initialize, launcher
 from train.metrics import read
 
@@ -23,39 +19,16 @@ FLAGS = ["--batch_size", "8", "--accumulation_steps", "2", "--max_seq_len", "48"
 TIMEOUT_S = 240
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def two_processes(out, *flags):
-    """`python -m train.run` twice, as process 0 and 1 of one run, while the body runs here; both are killed if
-    either fails or hangs."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    address = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "train.run", "--stage", "pretrain", "--out_dir", str(out), *TINY, *flags,
-           "--coordinator_address", address, "--num_processes", "2"]
-    out.mkdir(parents=True)
-    logs = [out / f"process_{i}.log" for i in range(2)]
-    procs = [subprocess.Popen([*cmd, "--process_id", str(i)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-             for i, log in enumerate(logs)]
-    try:
-        yield
-        codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert codes == [0, 0], "\n".join(f"--- process {i} ---\n{log.read_text()[-3000:]}" for i, log in enumerate(logs))
+def run_cli(out, *flags):
+    """The argv of process `i` of a two-process `python -m train.run --stage pretrain`."""
+    return lambda address, i: [sys.executable, "-m", "train.run", "--stage", "pretrain", "--out_dir", str(out), *TINY,
+                               *flags, "--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)]
 
 
 def test_two_processes_train_like_one_and_resume_in_one(tmp_path, sample_slices):
     flags = ["--data_path", str(sample_slices["pretrain"]), *FLAGS]
     two = tmp_path / "two"
-    with two_processes(two, *flags, "--mesh", "fsdp=2", "--max_steps", "4"):
+    with two_processes(two, run_cli(two, *flags, "--mesh", "fsdp=2", "--max_steps", "4"), TIMEOUT_S):
         one = train(tmp_path / "one", "pretrain", *flags, "--max_steps", "4")   # meanwhile: the reference
     pair = read(two / "pretrain_64" / "metrics.jsonl")            # written by process 0 only
     assert [r["step"] for r in pair] == [1, 2, 3, 4]

@@ -138,7 +138,7 @@ def prepare3(run, state, frozen, arrays, host, step):
     old_values, advantages, returns = gae_targets(
         critic3(run), state.params["critic"], batch["sequences"], batch["attention_mask"], batch["completion_mask"],
         batch["rewards"], gamma=r3.gamma, lam=r3.lam)
-    batch.update(old_values=np.asarray(old_values), advantages=np.asarray(advantages), returns=np.asarray(returns))
+    batch.update(old_values=old_values, advantages=advantages, returns=returns)     # whitened over the whole step
     order = minibatch_rows(c.seed, step, len(batch["rewards"]), r3.mini_batch_size, r3.ppo_update_iters)
     return {k: v[order] for k, v in batch.items() if k != "index"}, info, None            # [U, mb, ...]
 

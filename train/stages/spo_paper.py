@@ -27,6 +27,7 @@ from tqdm import tqdm
 import losses
 from losses.spo_paper import RHO_MAX
 from train import rng
+from train.distributed import host_copy
 from train.rollout import attention_mask, completion_logps, decode, rollout_batch, sample
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference, policy_gradient_loss
@@ -105,12 +106,6 @@ def _drift(model, params, table, index, prompt_ids, prompt_mask, *, rho_min):
     return losses.spo_table_rho(table, index, new_logps, rho_min=rho_min)
 
 
-def _take(arrays: dict, host: dict, pick: np.ndarray) -> tuple[dict, dict]:
-    """The loaded batch's rows at `pick` (positions in the flattened [A * B]), shapes kept."""
-    take = lambda v: v.reshape(-1, *v.shape[2:])[pick].reshape(v.shape)
-    return {k: take(v) for k, v in arrays.items()}, {k: [v[i] for i in pick] for k, v in host.items()}
-
-
 def _check_rewards(rewards: np.ndarray) -> None:
     """Warn (once: the warnings module's default) that rewards outside [0, 1] are clipped for the trackers."""
     if rewards.min() < 0 or rewards.max() > 1:
@@ -119,30 +114,35 @@ def _check_rewards(rewards: np.ndarray) -> None:
                       f"--answer_reward 1)", stacklevel=2)
 
 
+def resample(run, state, rows: np.ndarray, step: int) -> np.ndarray:
+    """The rows [A, B] the step trains on: drawn from the whole step's loaded rows, before they are split between
+    processes (the table and the key are the same everywhere, so every process draws alike)."""
+    pick, _ = _prioritised(state.extra["table"], rows.reshape(-1), rng.draw(run.config.seed, "spo_resample", step))
+    return rows.reshape(-1)[host_copy(pick)].reshape(rows.shape)
+
+
 def prepare(run, state, frozen, arrays, host, step):
     """(device batch, host info) of one step; the batch carries what the jitted table update needs (rho)."""
-    table = state.extra["table"]
-    A, B = arrays["index"].shape
-    pick, weights = _prioritised(table, arrays["index"].reshape(-1), rng.draw(run.config.seed, "spo_resample", step))
-    arrays, host = _take(arrays, host, np.asarray(pick))
-    index = arrays["index"].reshape(-1)                                               # [A*B] data-set rows
-
+    table, P = state.extra["table"], arrays["prompt_ids"].shape[-1]
     batch, info = rollout_batch(run, state.params, frozen, arrays, host, step, old_params=state.params)
-    rewards = np.asarray(batch["rewards"]).reshape(-1)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    A, B = batch["rewards"].shape                                                     # the whole step's rows
+    index = host_copy(batch["index"]).reshape(-1)                                     # [A*B] data-set rows
+    rewards = host_copy(batch["rewards"]).reshape(-1)
     _check_rewards(rewards)
     p_hat = losses.spo_table_baseline(table, index)                                   # [A*B], before the update
-    revisit = np.asarray(table.visits)[index] > 0
+    revisit = host_copy(table.visits[index]) > 0
     if revisit.any():
-        P = arrays["prompt_ids"].shape[-1]
-        rho, D = _drift(run.model, state.params, table, index, arrays["prompt_ids"].reshape(A * B, P),
-                        arrays["prompt_mask"].reshape(A * B, P), rho_min=run.config.spo_paper.rho_min)
+        prompt_ids, prompt_mask = batch["sequences"][..., :P], batch["attention_mask"][..., :P]
+        rho, D = _drift(run.model, state.params, table, flat(batch["index"]), flat(prompt_ids), flat(prompt_mask),
+                        rho_min=run.config.spo_paper.rho_min)
     else:                                                                             # nothing stored to rescore
         rho, D = np.full(A * B, RHO_MAX, np.float32), np.zeros(A * B, np.float32)
     advantages = losses.spo_paper_advantages(np.clip(rewards, 0.0, 1.0), p_hat)      # whole batch
-    batch["advantages"] = np.asarray(advantages).reshape(A, B)
-    batch["rho"] = np.asarray(rho, np.float32).reshape(A, B)
-    weights, D = np.asarray(weights), np.asarray(D)
-    info.update(baseline=float(np.mean(p_hat)), rho=float(np.mean(rho)),
+    batch["advantages"] = jnp.reshape(advantages, (A, B))
+    batch["rho"] = jnp.reshape(jnp.asarray(rho, jnp.float32), (A, B))
+    weights, rho, D = (host_copy(x) for x in (losses.spo_sampling_weights(p_hat), rho, D))
+    info.update(baseline=float(np.mean(host_copy(p_hat))), rho=float(np.mean(rho)),
                 drift=float(D[revisit].mean()) if revisit.any() else 0.0, revisit_frac=float(revisit.mean()),
                 sample_unique=len(np.unique(index)) / len(index),
                 sample_weight_ratio=float(weights.max() / weights.min()))
@@ -186,7 +186,7 @@ STAGE = Stage(
     init=init_with_reference,
     init_extra=init_extra,
     schedule=rl_schedule,
+    resample=resample,
     prepare=prepare,
     update_extra=update_extra,
-    single_process="its per-prompt table is not split across hosts yet; use --spo_mode minimind or one process",
 )
