@@ -44,6 +44,8 @@ def offline_successes(run, params, ds, n: int) -> tuple[np.ndarray, int]:
     Cost: N * n completions of at most --max_gen_len new tokens, INIT_ROWS at a time through the jitted sampler (one
     shape, so one compile). The tiny model on 2 CPU cores samples ~4,350 prompts x 4 completions x 16 new tokens in
     about a minute; for the 26M model budget N * n * max_gen_len decoded tokens at the sampler's rate (bench.rl).
+    On several processes every process samples and scores every prompt (the same keys, so the same priors
+    everywhere): done once, before the first step.
     """
     seed, N = run.config.seed, len(ds)
     per_call = max(1, INIT_ROWS // n)                                     # prompts per sampler call
