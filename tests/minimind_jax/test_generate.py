@@ -127,6 +127,21 @@ def test_sampling_filters_and_rng(setup):
         generate(model, params, ids, mask, temperature=0.8)
 
 
+def test_a_rows_draws_depend_on_its_key_alone(setup):
+    """With one key per row, a row samples the same completion alone or batched with other rows (the property that
+    makes a rollout the same on 1 device, 4 devices or 2 processes)."""
+    cfg, model, params, ids, mask = setup
+    keys = jax.random.split(jax.random.key(7), 3)
+    hot = lambda rows, keys: generate(model, params, ids[rows], mask[rows], rng=keys, max_new_tokens=N,
+                                      temperature=20.0, eos_token_id=None).sequences
+    together = hot(np.arange(3), keys)
+    for row in range(3):
+        np.testing.assert_array_equal(hot(np.array([row]), keys[row:row + 1])[0], together[row])
+    raw = jax.random.key_data(keys)                                                # uint32 [3, 2] keys work alike
+    np.testing.assert_array_equal(hot(np.arange(3), raw), together)
+    assert not np.array_equal(hot(np.arange(3), keys[::-1]), together)
+
+
 def test_generate_under_an_outer_jit(setup):
     cfg, model, params, ids, mask = setup
     outer = jax.jit(lambda p, ids, m: greedy(model, p, ids, m).sequences)
