@@ -199,7 +199,10 @@ def setup(stage: Stage, config: TrainConfig) -> Session:
     elif ck.overwrite:
         clear_checkpoints(run)
     update_extra = stage.update_extra(run) if stage.update_extra else None
-    step_fn = jax.jit((stage.make_step or make_train_step)(stage.make_loss(run), tx, update_extra), donate_argnums=0,
+    loss_fn = stage.make_loss(run)
+    step = (stage.make_step(run, loss_fn, tx, update_extra, schedule) if stage.make_step
+            else make_train_step(loss_fn, tx, update_extra))
+    step_fn = jax.jit(step, donate_argnums=0,
                       out_shardings=(state_shardings, replicated(mesh)))
     return Session(stage, run, dataset, state, frozen, step_fn, schedule, steps_per_epoch, total_steps, stop,
                    identity, accepted)
@@ -306,8 +309,9 @@ def _train(stage: Stage, config: TrainConfig, callback: StepCallback | None) -> 
                 logged = step % ck.log_interval == 0 or step == s.stop
                 if logged or callback is not None:
                     record = {"step": step, "epoch": (step - 1) // s.steps_per_epoch,
-                              **{k: float(v) for k, v in jax.device_get(metrics).items()}, **info,
-                              "lr": float(s.schedule(step - 1))}
+                              **{k: float(v) for k, v in jax.device_get(metrics).items()}, **info}
+                    if "lr" not in record:            # a step that knows its own rate (PPO's minibatches) logs it
+                        record["lr"] = float(s.schedule(step - 1))
                 if logged:
                     now = time.perf_counter()
                     elapsed = now - t0

@@ -78,8 +78,8 @@ class Stage:
     #                                         trains on, drawn from the whole step's (every process draws alike)
     update_extra: Callable | None = None    # (run) -> fn(extra, params, batch, step) -> extra, inside the jit
     evaluate: Callable | None = None        # (run, state, frozen) -> {metric: float}, after training (eval.json)
-    make_step: Callable | None = None       # (loss_fn, tx, update_extra) -> step(state, batch, frozen), for methods
-    #                                         with several updates per rollout; None: train.step.make_train_step
+    make_step: Callable | None = None       # (run, loss_fn, tx, update_extra, schedule) -> step(state, batch,
+    #                                         frozen), for several updates per rollout; None: make_train_step
     single_process: str | None = None       # why the stage cannot span processes yet (None: it can)
     train_rows: Callable | None = None      # rows -> the rows it trains on (the rest held out), None: all
     defaults3: dict = dataclasses.field(default_factory=dict)   # MiniMind-3's defaults where they differ

@@ -25,7 +25,7 @@ from minimind_jax.heads import init_head_params, last_token_index
 from train import optim, rng
 from train.errors import UsageError
 from train.rollout import policy_logps, rollout_batch
-from train.stage import Stage, rl_schedule
+from train.stage import Stage
 from train.stages.common import frozen_copy, rl_start_weight
 from train.step import make_minibatch_step, make_train_step
 from train.weights import start_params
@@ -44,11 +44,17 @@ def init(run):
     return {"actor": actor, "critic": critic}, {"ref": frozen_copy(actor)}
 
 
+def total_updates(run, total_steps: int) -> int:
+    """Optimizer updates over the run: one per rollout, or at MiniMind-3 one per minibatch of every pass."""
+    if run.config.model.generation == 3:
+        return total_steps * run.config.rl3.ppo_update_iters * updates_per_pass(run)
+    return total_steps
+
+
 def optimizer(run, total_steps, rows):
     """AdamW per model, each clipped on its own global norm and on its own schedule: the reference's two optimizers."""
     o, obj = run.config.optim, run.config.objective
-    if run.config.model.generation == 3:      # one update per minibatch: the schedule spans all of them
-        total_steps *= run.config.rl3.ppo_update_iters * updates_per_pass(run)
+    total_steps = total_updates(run, total_steps)
     tx = lambda lr: optim.adamw(optim.rl_schedule(lr, total_steps), o.grad_clip)
     return optax.multi_transform({"actor": tx(o.learning_rate), "critic": tx(obj.critic_learning_rate)},
                                  lambda params: {k: jax.tree.map(lambda _: k, v) for k, v in params.items()})
@@ -162,11 +168,29 @@ def make_loss3(run):
     return loss_fn
 
 
-def make_step(loss_fn, tx, update_extra):
-    """MiniMind-2: one update per rollout. MiniMind-3: a batch laid out as minibatches (it carries GAE `returns`)
-    gets one update per minibatch."""
-    one, several = make_train_step(loss_fn, tx, update_extra), make_minibatch_step(loss_fn, tx, update_extra)
-    return lambda state, batch, frozen: (several if "returns" in batch else one)(state, batch, frozen)
+def schedule(run, total_steps, rows):
+    """The actor's rate by optimizer update: one per rollout, or at MiniMind-3 one per minibatch."""
+    return optim.rl_schedule(run.config.optim.learning_rate, total_updates(run, total_steps))
+
+
+def updates_made(opt_state):
+    """The actor's optimizer updates so far: its schedule's own counter (early-stopped updates do not count)."""
+    (count,) = [x for path, x in optax.tree_utils.tree_get_all_with_path(opt_state.inner_states["actor"], "count")
+                if getattr(path[-1], "tuple_name", "") == "ScaleByScheduleState"]
+    return count
+
+
+def make_step(run, loss_fn, tx, update_extra, schedule):
+    """MiniMind-2: one update per rollout. MiniMind-3: a batch laid out as minibatches gets one update per
+    minibatch, and logs the rate its last applied update ran at (it does not follow the rollout step)."""
+    if run.config.model.generation == 2:
+        return make_train_step(loss_fn, tx, update_extra)
+    several = make_minibatch_step(loss_fn, tx, update_extra)
+
+    def step(state, batch, frozen):
+        state, metrics = several(state, batch, frozen)
+        return state, {**metrics, "lr": schedule(jnp.maximum(updates_made(state.opt_state) - 1, 0))}
+    return step
 
 
 def init_extra(run, params, frozen, dataset):
@@ -185,7 +209,7 @@ STAGE = Stage(
     make_loss=make_loss,
     init=init,
     init_extra=init_extra,
-    schedule=rl_schedule,
+    schedule=schedule,
     optimizer=optimizer,
     prepare=prepare,
     update_extra=update_extra,
