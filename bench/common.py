@@ -1,6 +1,9 @@
-"""What every benchmark shares: a matmul roofline timed in the same run, a table printer, a JSON writer."""
+"""What every benchmark shares: a matmul roofline timed in the same run, a profile by op, a table printer, a JSON
+writer."""
+import collections
 import json
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +32,50 @@ def matmul_roofline(dtype=jnp.float32, n: int = 2048) -> float:
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     return 2 * n**3 / timeit(mm, a, b)
+
+
+def op_kind(name: str) -> str:
+    """The kind of an XLA:CPU thunk from its HLO instruction name (fusions are named after their root)."""
+    for kind, keys in (("dot", ("ynn", "xnn", "onednn", "dot", "convolution")), ("scatter", ("scatter",)),
+                       ("gather", ("gather",)), ("sort", ("sort",)), ("copy/transpose", ("copy", "transpose")),
+                       ("dynamic-slice/update", ("dynamic",)), ("reduce", ("reduce",))):
+        if any(k in name for k in keys):
+            return kind
+    return "elementwise/other"
+
+
+def profile_ops(fn, *args, repeat: int = 2) -> dict[str, float]:
+    """Seconds per call that each HLO instruction of the jitted fn runs, its own time (a while loop or a
+    conditional minus what runs inside it), from jax.profiler, summed over the runtime's threads."""
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as tmp:
+        jax.profiler.start_trace(tmp)
+        for _ in range(repeat):
+            jax.block_until_ready(fn(*args))
+        jax.profiler.stop_trace()
+        data = jax.profiler.ProfileData.from_file(str(next(Path(tmp).rglob("*.xplane.pb"))))
+    own = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            stack = []                               # (end_ns, op) of the enclosing thunks
+            for ev in sorted(line.events, key=lambda e: (e.start_ns, -e.duration_ns)):
+                op = dict(ev.stats).get("hlo_op")
+                if op is None:
+                    continue
+                while stack and stack[-1][0] <= ev.start_ns:
+                    stack.pop()
+                if stack:
+                    own[stack[-1][1]] -= ev.duration_ns
+                own[op] += ev.duration_ns
+                stack.append((ev.end_ns, op))
+    return {op: ns / 1e9 / repeat for op, ns in own.most_common()}
+
+
+def profile_by_kind(ops: dict[str, float]) -> dict[str, float]:
+    kinds = collections.Counter()
+    for op, s in ops.items():
+        kinds[op_kind(op)] += s
+    return dict(kinds.most_common())
 
 
 def peak_rss_mb() -> float:

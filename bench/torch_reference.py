@@ -12,6 +12,8 @@ import contextlib
 import json
 import math
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -269,8 +271,50 @@ def grpo_step_seconds(hidden=512, layers=8, prompts=2, generations=8, prompt=66,
     return {**parts, "step_s": sum(parts.values())}
 
 
+def serve(hidden, layers, moe, batch, seq, dtype):
+    """Answer `n` on stdin with the seconds of n more train steps (one JSON line), until stdin closes: the reference
+    kept warm in its own process, so a benchmark can alternate its steps with its own step by step."""
+    torch.manual_seed(0)
+    step = make_train_step(MiniMind(_config(hidden, layers, moe)), batch, seq, "cpu", dtype)
+    step()
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps({"steps_s": times}), flush=True)
+
+
+class Worker:
+    """The reference's train step in a subprocess (`serve`): steps(n) -> n step times. torch and XLA keep their own
+    thread pools, and neither runs while the other does."""
+
+    def __init__(self, hidden=512, layers=8, moe=False, batch=8, seq=340, dtype="float32"):
+        cmd = [sys.executable, "-m", "bench.torch_reference", "--serve", "--hidden", str(hidden), "--layers",
+               str(layers), "--moe", str(int(moe)), "--batch", str(batch), "--seq", str(seq), "--dtype", dtype]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def steps(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["steps_s"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="time reference train steps; prints one JSON line")
+    p = argparse.ArgumentParser(description="time reference train steps; prints one JSON line (--serve: on demand)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--moe", type=int, default=0)
@@ -278,7 +322,10 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=340)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--serve", action="store_true", help="time steps on demand: `n` on stdin -> n step times")
     a = p.parse_args(argv)
+    if a.serve:
+        return serve(a.hidden, a.layers, bool(a.moe), a.batch, a.seq, a.dtype)
     r = train_tokens_per_s(a.hidden, a.layers, bool(a.moe), a.batch, a.seq, a.steps, dtype=a.dtype)
     print(json.dumps({**r, "threads": torch.get_num_threads(), "torch": torch.__version__}))
 

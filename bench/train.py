@@ -1,9 +1,22 @@
 """python -m bench.train: tokens/s and MFU of the real engine step, beside the reference PyTorch step.
 
 The step is train.step.make_train_step on the pretrain loss (masked CE + aux), AdamW, clipping, donated state:
-exactly what `python -m train.run` runs. MFU is against a 2048^3 matmul timed in the same run.
+exactly what `python -m train.run` runs. On a shared machine a number means little alone, so everything of one
+model is interleaved round by round: a 2048^3 matmul (the roofline MFU is measured against), each of our steps
+(every dtype, accumulation and MoE dispatch asked for), and the reference's step in its own process
+(bench/torch_reference.Worker, fp32, or `--ref_dtypes float32,bfloat16` for its bf16 autocast too). Each row
+gives the median over rounds of the best step per round, the ratio to the reference's step of the same rounds,
+and MFU against the same rounds' roofline; `check` says when the roofline moved by more than --noise between
+rounds or when an MFU came out above 1 (the load changed under the measurement: repeat it).
+
+    python -m bench.train                              # every model, fp32 and bf16, 3 rounds
+    python -m bench.train --models moe --moe_impls block,sorted --dtypes float32
+    python -m bench.train --cli                        # the step through `python -m train.run` (bench.cli)
 """
 import argparse
+import os
+import statistics
+import sys
 import time
 
 import jax
@@ -11,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import compile_seconds, environment, matmul_roofline, peak_rss_mb, print_table, write_json
-from minimind_jax import MiniMindConfig, MiniMindForCausalLM, get_policy
+from minimind_jax import MiniMindConfig, MiniMindForCausalLM, get_policy, moe
 from train import optim
 from train.state import TrainState
 from train.step import make_train_step
@@ -45,78 +58,165 @@ def model_config(name: str) -> MiniMindConfig:
     return MiniMindConfig.from_preset(name.removesuffix("3"), generation=3 if name.endswith("3") else 2)
 
 
+class EngineStep:
+    """The engine's compiled train step at one (model, dtype, accumulation, MoE dispatch), ready to time."""
+
+    def __init__(self, preset: str, dtype: str, accumulation: int, batch: int, seq: int, impl: str | None = None):
+        cfg = model_config(preset)
+        model = MiniMindForCausalLM(cfg, policy=get_policy(dtype))
+        params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+        tx = optim.adamw(optim.sft_schedule(5e-4, 1000 * accumulation, accumulation))
+        # Own buffers per leaf: the step donates the state, and a buffer shared by two leaves cannot be donated.
+        self.state = jax.tree.map(jnp.array, TrainState.create(params, tx, jax.random.PRNGKey(0)))
+        ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (accumulation, batch, seq + 1)).astype(np.int32)
+        self.data = {"input_ids": jnp.asarray(ids[..., :-1]), "labels": jnp.asarray(ids[..., 1:]),
+                     "loss_mask": jnp.ones((accumulation, batch, seq), jnp.float32)}
+        old, moe.IMPL = moe.IMPL, impl or moe.IMPL       # read while tracing, so only around the compilation
+        try:
+            self.step = jax.jit(make_train_step(lm_loss(model), tx), donate_argnums=0)
+            self.compile_s = compile_seconds(self.step, self.state, self.data, {})
+            self.times = []
+            self.run(1)                                   # the first call also places the donated buffers
+            self.times = []
+        finally:
+            moe.IMPL = old
+        self.impl = impl or (moe.choose(batch * seq, cfg.n_routed_experts, cfg.num_experts_per_tok)
+                             if cfg.use_moe else "")
+        self.tokens = accumulation * batch * seq
+        self.flops_per_token = flops_per_token(cfg, seq)
+
+    def run(self, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.state, m = self.step(self.state, self.data, {})
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - t0)
+        self.times.append(times)
+        return times
+
+
 def engine_step(preset: str, dtype: str, accumulation: int, batch: int, seq: int, steps: int) -> dict:
-    cfg = model_config(preset)
-    model = MiniMindForCausalLM(cfg, policy=get_policy(dtype))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    tx = optim.adamw(optim.sft_schedule(5e-4, 1000 * accumulation, accumulation))
-    # Own buffers per leaf: the step donates the state, and a buffer shared by two leaves cannot be donated twice.
-    state = jax.tree.map(jnp.array, TrainState.create(params, tx, jax.random.PRNGKey(0)))
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, cfg.vocab_size, (accumulation, batch, seq + 1)).astype(np.int32)
-    data = {"input_ids": jnp.asarray(ids[..., :-1]), "labels": jnp.asarray(ids[..., 1:]),
-            "loss_mask": jnp.ones((accumulation, batch, seq), jnp.float32)}
-    step = jax.jit(make_train_step(lm_loss(model), tx), donate_argnums=0)
-    compile_s = compile_seconds(step, state, data, {})
-    state, m = step(state, data, {})
-    jax.block_until_ready(m)
-    best = float("inf")
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = step(state, data, {})
-        jax.block_until_ready(m)
-        best = min(best, time.perf_counter() - t0)
-    tokens = accumulation * batch * seq
-    return {"tokens_per_s": tokens / best, "step_s": best, "compile_s": compile_s,
-            "flops_per_token": flops_per_token(cfg, seq)}
+    """The best of `steps` steps alone (no interleaving): bench.device's rows."""
+    s = EngineStep(preset, dtype, accumulation, batch, seq)
+    best = min(s.run(steps))
+    return {"tokens_per_s": s.tokens / best, "step_s": best, "compile_s": s.compile_s,
+            "flops_per_token": s.flops_per_token}
+
+
+def interleaved(ours: dict, refs: dict, roof_dtypes, rounds: int, steps: int) -> tuple[dict, list]:
+    """`rounds` rounds of [roofline of each dtype, `steps` steps of each of ours, `steps` of each reference].
+    -> (rooflines per dtype and round, the load average before each round)."""
+    roof = {d: [] for d in roof_dtypes}
+    loads = []
+    for _ in range(rounds):
+        loads.append(os.getloadavg()[0])
+        for d in roof:
+            roof[d].append(matmul_roofline(getattr(jnp, d)))
+        for s in ours.values():
+            s.run(steps)
+        for w in refs.values():
+            w.times.append(w.steps(steps))
+    return roof, loads
+
+
+def rows_of(preset: str, ours: dict, refs: dict, roof: dict, loads: list, noise: float) -> list[dict]:
+    """One row per measured step: the median over rounds of each round's best step, MFU against the same round's
+    roofline, and (ours) the tokens/s ratio to the fp32 reference and to the fastest reference dtype, taken round by
+    round."""
+    tokens_per_s = lambda s: [s.tokens / min(t) for t in s.times]          # per round
+    ref_fp32 = tokens_per_s(refs[("ref", "float32")]) if ("ref", "float32") in refs else None
+    ref_best = [max(r) for r in zip(*map(tokens_per_s, refs.values()))] if refs else None
+    rows = []
+    for label, s in list(ours.items()) + list(refs.items()):
+        mine, dtype = label[0] == "ours", label[1]
+        tps, roofs = tokens_per_s(s), roof[dtype]
+        mfu = [t * s.flops_per_token / r for t, r in zip(tps, roofs)]
+        row = {"impl": "minimind-jax" if mine else "reference (torch)", "model": preset, "dtype": dtype,
+               "accum": label[2] if mine else 1, "moe": s.impl, "tokens/s": statistics.median(tps),
+               "step_s": s.tokens / statistics.median(tps), "MFU": statistics.median(mfu)}
+        if mine and ref_fp32:
+            row["x_ref_fp32"] = statistics.median(t / r for t, r in zip(tps, ref_fp32))
+            row["x_ref_best"] = statistics.median(t / r for t, r in zip(tps, ref_best))
+        spread = max(roofs) / min(roofs) - 1
+        checks = ([f"MFU {max(mfu):.2f} > 1"] if max(mfu) > 1 else []) + \
+                 ([f"roofline spread {spread:.0%}"] if spread > noise else [])
+        row.update(roof_GF=statistics.median(roofs) / 1e9, load=f"{min(loads):.1f}-{max(loads):.1f}",
+                   check="; ".join(checks) or "ok", compile_s=getattr(s, "compile_s", 0.0))
+        rows.append(row)
+    return rows
+
+
+class RefSteps:
+    """A reference Worker with the bookkeeping of an EngineStep (times per round, tokens, FLOPs)."""
+
+    def __init__(self, preset: str, dtype: str, batch: int, seq: int):
+        from bench.torch_reference import Worker
+
+        cfg = MiniMindConfig.from_preset(preset)
+        self.worker = Worker(cfg.hidden_size, cfg.num_hidden_layers, cfg.use_moe, batch, seq, dtype)
+        self.times, self.tokens, self.flops_per_token = [], batch * seq, flops_per_token(cfg, seq)
+        self.impl = "loop" if cfg.use_moe else ""
+
+    def steps(self, n: int) -> list[float]:
+        return self.worker.steps(n)
+
+    def close(self):
+        self.worker.close()
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=340)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (roofline, ours, reference)")
+    p.add_argument("--steps", type=int, default=2, help="steps of each per round (its best counts)")
     p.add_argument("--quick", action="store_true", help="dense fp32 and bf16 at accumulation 1 only")
     p.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--models", default="small,moe,small3,moe3",
                    help="comma-separated among small, moe (MiniMind-2), small3, moe3 (MiniMind-3)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated among float32, bfloat16")
-    p.add_argument("--out", default="bench/results/train.json")
-    a = p.parse_args(argv)
+    p.add_argument("--accums", default="1,8", help="dense models' accumulation steps (MoE: 1)")
+    p.add_argument("--moe_impls", default="", help="MoE dispatches to time, e.g. block,sorted (default: choose's)")
+    p.add_argument("--ref_dtypes", default="float32", help="the reference's: float32, bfloat16 (CPU autocast)")
+    p.add_argument("--noise", type=float, default=0.10, help="roofline spread between rounds flagged in `check`")
+    p.add_argument("--cli", action="store_true", help="time the step through the CLI instead (bench.cli)")
+    p.add_argument("--json", "--out", dest="json", default="bench/results/train.json")
+    a, rest = p.parse_known_args(argv)
+    if a.cli:
+        from bench import cli
+        return cli.main(rest)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
 
-    roof = {"float32": matmul_roofline(jnp.float32), "bfloat16": matmul_roofline(jnp.bfloat16)}
-    print(f"matmul roofline: fp32 {roof['float32'] / 1e9:.0f} GFLOP/s, bf16 (f32 acc) {roof['bfloat16'] / 1e9:.0f} GFLOP/s")
-    # MoE at accumulation 1 only (its step is the slowest)
     models, dtypes = a.models.split(","), a.dtypes.split(",")
-    cases = [(m, d, acc) for m in ("small", "small3") if m in models for d in dtypes for acc in (1, 8)]
-    cases += [(m, d, 1) for m in ("moe", "moe3") if m in models for d in dtypes]
     if a.quick:
-        cases = [("small", "float32", 1), ("small", "bfloat16", 1)]
+        models, a.accums = ["small"], "1"
     rows = []
-    for preset, dtype, acc in cases:
-        r = engine_step(preset, dtype, acc, a.batch, a.seq, a.steps)
-        rows.append({"impl": "minimind-jax", "model": preset, "dtype": dtype, "accum": acc,
-                     "tokens/s": r["tokens_per_s"], "step_s": r["step_s"],
-                     "MFU": r["tokens_per_s"] * r["flops_per_token"] / roof[dtype],
-                     "compile_s": r["compile_s"], "peak_rss_MB": peak_rss_mb()})
-        print_table(rows[-1:])
-    if not a.no_torch:
+    for preset in models:
+        cfg = model_config(preset)
+        accums = [1] if cfg.use_moe else [int(x) for x in a.accums.split(",")]
+        impls = a.moe_impls.split(",") if cfg.use_moe and a.moe_impls else [None]
+        ours = {("ours", d, acc, impl or ""): EngineStep(preset, d, acc, a.batch, a.seq, impl)
+                for d in dtypes for acc in accums for impl in impls}
+        refs = {}
+        # The reference is MiniMind-2 only (bench/torch_reference.py).
+        if not a.no_torch and not preset.endswith("3"):
+            refs = {("ref", d): RefSteps(preset, d, a.batch, a.seq) for d in a.ref_dtypes.split(",")}
         try:
-            from bench.torch_reference import train_tokens_per_s
-        except ImportError:
-            print("torch is not installed: skipping the reference (pip install 'minimind-jax[torch]')")
-        else:
-            refs = [(m, m == "moe") for m in models if m in ("small", "moe") and not (a.quick and m == "moe")]
-            for preset, moe in ([("small", False)] if a.quick else refs):
-                cfg = MiniMindConfig.from_preset(preset)
-                r = train_tokens_per_s(cfg.hidden_size, cfg.num_hidden_layers, moe, a.batch, a.seq, a.steps)
-                rows.append({"impl": "reference (torch)", "model": preset, "dtype": "float32", "accum": 1,
-                             "tokens/s": r["tokens_per_s"], "step_s": r["step_s"],
-                             "MFU": r["tokens_per_s"] * flops_per_token(cfg, a.seq) / roof["float32"],
-                             "compile_s": 0.0, "peak_rss_MB": peak_rss_mb()})
-    print_table(rows, f"train step, batch {a.batch} x seq {a.seq} (best of {a.steps})")
-    write_json(a.out, {"env": environment(), "roofline_flops": roof, "rows": rows})
+            roof, loads = interleaved(ours, refs, sorted(set(dtypes) | {"float32"}), a.rounds, a.steps)
+        finally:
+            for r in refs.values():
+                r.close()
+        rows += rows_of(preset, ours, refs, roof, loads, a.noise)
+        print_table([r for r in rows if r["model"] == preset], f"{preset}: {a.rounds} interleaved rounds")
+        del ours
+    for r in rows:
+        r["peak_rss_MB"] = peak_rss_mb()
+    print_table(rows, f"train step, batch {a.batch} x seq {a.seq}: median over {a.rounds} rounds of the best of "
+                      f"{a.steps} steps; x_ref against the reference's fp32 step of the same rounds")
+    write_json(a.json, {"env": environment(), "args": vars(a), "rows": rows})
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

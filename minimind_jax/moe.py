@@ -240,18 +240,19 @@ def sorted_swiglu(xs, w_gate_up, w_down, starts, sizes, window: int):
 def _sorted_fwd(xs, w_gate_up, w_down, starts, sizes, window):
     cd, I = xs.dtype, w_down.shape[1]
 
-    def step(e, carry, row, valid):
+    def step(w_gate_up, w_down, carry, row, valid):
         out, pre = carry
         xw = lax.dynamic_slice_in_dim(xs, row, window)                              # [W, H]
-        gate_up = _mm(xw, w_gate_up[e], _NN, cd)                                    # [W, 2I]
+        gate_up = _mm(xw, w_gate_up, _NN, cd)                                       # [W, 2I]
         g32 = gate_up.astype(F32)
         act = (jax.nn.silu(g32[:, :I]) * g32[:, I:]).astype(cd)                     # [W, I]
-        out = lax.dynamic_update_slice_in_dim(out, _mm(act, w_down[e], _NN, cd), row, 0)
+        out = lax.dynamic_update_slice_in_dim(out, _mm(act, w_down, _NN, cd), row, 0)
         return out, lax.dynamic_update_slice_in_dim(pre, gate_up, row, 0)
 
     carry = (jnp.zeros(xs.shape, cd), jnp.zeros((xs.shape[0], 2 * I), cd))      # out [R, H], pre [R, 2I]
     for e in range(w_gate_up.shape[0]):
-        carry = _windows(starts[e], sizes[e], window, functools.partial(step, e), carry)
+        # The expert's weights sliced outside its loop: inside, XLA copies the slice on every window.
+        carry = _windows(starts[e], sizes[e], window, functools.partial(step, w_gate_up[e], w_down[e]), carry)
     return carry[0], (xs, w_gate_up, w_down, starts, sizes, carry[1])
 
 
@@ -259,23 +260,23 @@ def _sorted_bwd(window, res, ct):
     xs, w_gate_up, w_down, starts, sizes, pre = res
     cd, (E, H, I2), I = xs.dtype, w_gate_up.shape, w_down.shape[1]
 
-    def step(e, carry, row, valid):
+    def step(w_gate_up, w_down, carry, row, valid):
         dxs, d_gate_up, d_down = carry
         g = jnp.where(valid[:, None], lax.dynamic_slice_in_dim(ct, row, window), 0).astype(cd)   # [W, H]
         xw = lax.dynamic_slice_in_dim(xs, row, window)                              # [W, H]
         gate_up = lax.dynamic_slice_in_dim(pre, row, window).astype(F32)            # [W, 2I]
         gate, up = gate_up[:, :I], gate_up[:, I:]
         sig = jax.nn.sigmoid(gate)
-        d_act = _mm(g, w_down[e], _NT, F32)                                         # [W, I]
+        d_act = _mm(g, w_down, _NT, F32)                                            # [W, I]
         d_down = d_down + _mm((gate * sig * up).astype(cd), g, _TN, F32)            # [I, H]
         d_pre = jnp.concatenate([d_act * up * sig * (1 + gate * (1 - sig)), d_act * gate * sig], 1).astype(cd)
         d_gate_up = d_gate_up + _mm(xw, d_pre, _TN, F32)                            # [H, 2I]
-        dxs = lax.dynamic_update_slice_in_dim(dxs, _mm(d_pre, w_gate_up[e], _NT, cd), row, 0)
+        dxs = lax.dynamic_update_slice_in_dim(dxs, _mm(d_pre, w_gate_up, _NT, cd), row, 0)
         return dxs, d_gate_up, d_down
 
     dxs, d_gate_up, d_down = jnp.zeros(xs.shape, cd), [], []
     for e in range(E):
-        dxs, dgu, dd = _windows(starts[e], sizes[e], window, functools.partial(step, e),
+        dxs, dgu, dd = _windows(starts[e], sizes[e], window, functools.partial(step, w_gate_up[e], w_down[e]),
                                 (dxs, jnp.zeros((H, I2), F32), jnp.zeros((I, H), F32)))
         d_gate_up.append(dgu)
         d_down.append(dd)
