@@ -98,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
     add("--coordinator_address", default=None, help="multi-host: host:port of process 0")
     add("--num_processes", type=int, default=None, help="multi-host: how many processes in all")
     add("--process_id", type=int, default=None, help="multi-host: this process's index (0 is the coordinator)")
-    add("--distributed_timeout", type=int, default=300, help="multi-host: seconds to wait for every process to join")
+    add("--distributed_timeout", type=int, default=300,
+        help="multi-host: seconds to wait for every process to join (and for a silent one before giving up on it)")
     add("--coordinator_bind_address", default=None,
         help="multi-host: where process 0 listens (default: --coordinator_address itself; e.g. 0.0.0.0:PORT for all "
              "interfaces)")

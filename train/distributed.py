@@ -64,8 +64,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     watchdog.daemon = True
     watchdog.start()
     try:
+        # A peer silent for `timeout` seconds is gone (not the runtime's 100 s: a long compile on a loaded host can
+        # hold a process's heartbeats back that long).
         jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id,
-                                   initialization_timeout=timeout + 30, coordinator_bind_address=bind)
+                                   initialization_timeout=timeout + 30, coordinator_bind_address=bind,
+                                   heartbeat_timeout_seconds=max(timeout, 100))
     except (ValueError, TypeError) as e:
         raise UsageError(f"--coordinator_address/--num_processes/--process_id: {e}") from None
     except Exception as e:          # the runtime's own error type: a refused connection, a bad address

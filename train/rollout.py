@@ -35,7 +35,7 @@ from minimind_jax.paths import resolve_weights
 from train import rng
 from train.config import TrainConfig
 from train.errors import UsageError
-from train.mesh import process_rows, to_global, to_local
+from train.mesh import process_rows, replicated, reshard, to_global, to_local
 
 
 # ---- sampling and scoring under a policy ---------------------------------------------------------------------------
@@ -46,6 +46,10 @@ def sample(run, params, prompt_ids, prompt_mask, key, temperature: float | None 
     r, tok = run.config.rollout, run.tokenizer
     if r.dtype == "bfloat16":
         params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    # Params split over fsdp (or experts over their axis) are gathered once per rollout: left split, the decoding
+    # loop would gather every layer's weights again at every token (a few dozen collectives per token).
+    whole = replicated(run.mesh)
+    params = jax.tree.map(lambda p: reshard(p, whole) if isinstance(p, jax.Array) else p, params)
     out = generate(run.model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng=key,
                    max_new_tokens=r.max_gen_len, temperature=r.temperature if temperature is None else temperature,
                    top_k=r.top_k, top_p=r.top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
