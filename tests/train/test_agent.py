@@ -1,5 +1,6 @@
 """The agent stage: the tool sandbox, the batched multi-turn rollout against the reference's scripted rollout,
-a short real run, and exact resume of a MiniMind-3 RL stage."""
+the per-rollout thinking draw, a short real run, and exact resume of a MiniMind-3 RL stage (that it learns:
+test_agent_learns.py, slow)."""
 import json
 import time
 
@@ -9,6 +10,7 @@ import pytest
 from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from tests.train.helpers import train
 from train.multiturn import agent_rollouts, pack_trajectories
+from train.stages.agent import draw_thinking, generation_prompts, with_thinking
 from train.tools import registry, run_tool
 
 G3 = ["--minimind", "3", "--from_weight", "none"]
@@ -90,6 +92,27 @@ def test_rollouts_advance_together_and_pack_like_the_reference(tok, golden_agent
         assert m[plen] == 1 and not m[:plen].any()
 
 
+def test_thinking_is_drawn_per_rollout_from_the_row_alone(tok, tmp_path):
+    """Each of a prompt's G rollouts draws its own think block (as upstream draws once per rollout), the same
+    draws whatever else is in the batch; swapping the generation prompt gives the data set's other variant."""
+    import jax
+    from minimind_jax.data import SAMPLE3_DIR, AgentDataset3
+    key, G = jax.random.PRNGKey(3), 8
+    both = draw_thinking(key, [4, 9], G, 0.5).reshape(2, G)
+    np.testing.assert_array_equal(both[1], draw_thinking(key, [9], G, 0.5))
+    assert 0 < both.sum() < both.size and len({tuple(r) for r in both}) == 2
+    assert not draw_thinking(key, [4, 9], G, 0.0).any() and draw_thinking(key, [4, 9], G, 1.0).all()
+    assert (draw_thinking(jax.random.PRNGKey(4), [4, 9], G, 0.5).reshape(2, G) != both).any()
+
+    gen = generation_prompts(tok)
+    closed, opened = (AgentDataset3(SAMPLE3_DIR / "agent.jsonl", tok, 512, thinking_ratio=r, cache_dir=tmp_path)
+                      .batch([0]) for r in (0.0, 1.0))
+    prompt = lambda b: list(b["prompt_ids"][0][b["prompt_mask"][0] == 1])
+    assert with_thinking(prompt(closed), False, True, gen) == prompt(opened)
+    assert with_thinking(prompt(opened), True, False, gen) == prompt(closed)
+    assert with_thinking(prompt(closed), False, False, gen) == prompt(closed)
+
+
 def test_agent_stage_runs_two_steps(tmp_path):
     records = train(tmp_path, "agent", *G3, "--max_steps", "2", "--batch_size", "2", "--num_generations", "2",
                     "--max_gen_len", "8", "--max_seq_len", "512", "--max_total_len", "600")
@@ -115,11 +138,3 @@ def test_minimind3_rl_resumes_exactly(tmp_path, stage, flags):
     assert resumed[-1]["step"] == 3
     assert resumed[-1]["loss"] == pytest.approx(whole[-1]["loss"], rel=1e-5, abs=1e-7)
     assert resumed[-1]["reward"] == whole[-1]["reward"]
-
-
-@pytest.mark.slow
-def test_agent_rl_raises_held_out_tool_accuracy(tmp_path):
-    """The learning experiment end to end (minutes on CPU): held-out accuracy rises beyond 2 standard errors."""
-    from experiments import agent_learn
-    r = agent_learn.main(["--work", str(tmp_path), "--out", str(tmp_path / "agent_learn.json")])
-    assert r["gain_se"] > 2, r

@@ -1,6 +1,7 @@
 """Agent RL (MiniMind-3): tool-using rollouts over several turns, group-normalised advantages, CISPO or GRPO-clip.
 
-Each prompt (a question whose answer needs the tools in its system message) is rolled out G times. All rollouts
+Each prompt (a question whose answer needs the tools in its system message) is rolled out G times, each rollout
+drawing its own open or closed think block (as upstream does, once per rollout). All rollouts
 advance one turn per batched sampler call; the tool calls of a turn run on the host, sandboxed (train/tools.py),
 and their results are appended as observation tokens before the next turn. The loss trains every generated token
 (each turn through its eos) and none of the prompt or observation tokens. The reward (losses/rewards3.py:
@@ -19,6 +20,7 @@ import numpy as np
 
 import losses
 from losses.rewards3 import agent_reward
+from minimind_jax.template3 import ASSISTANT_START, EMPTY_THINK, OPEN_THINK
 from train import rng
 from train.multiturn import agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler
 from train.stage import Stage, rl_schedule
@@ -26,6 +28,7 @@ from train.stages.common import init_with_reference
 from train.tools import registry
 
 tiny = lambda tiny_value, value: (lambda a: tiny_value if a.preset == "tiny" else value)
+THINKING_RATIO = 0.1            # the reference's chance of an open think block, per rollout
 
 
 @functools.lru_cache(maxsize=4)
@@ -36,6 +39,24 @@ def _tools(spec: str | None):
 def tool_names(tools) -> set[str]:
     """The names of the tools a prompt offers (its system message's schemas)."""
     return {(t.get("function") or t).get("name") for t in tools or [] if isinstance(t, dict)}
+
+
+@functools.lru_cache(maxsize=4)
+def generation_prompts(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ids the agent data set ends each prompt with: the generation prompt, thinking closed and open."""
+    return tuple(tuple(tokenizer.encode(ASSISTANT_START + t)) for t in (EMPTY_THINK, OPEN_THINK))
+
+
+def draw_thinking(key, rows, G: int, ratio: float) -> np.ndarray:
+    """bool [B * G]: whether each rollout opens its think block. Upstream draws once per rollout, so the G
+    rollouts of a prompt draw independently; each row's G draws depend on (key, row) alone."""
+    u = jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (G,)))(np.asarray(rows, np.uint32))
+    return np.asarray(u < ratio).reshape(-1)
+
+
+def with_thinking(prompt: list[int], drawn: bool, think: bool, generation) -> list[int]:
+    """The prompt with the generation prompt the data set drew (`drawn`) replaced by the rollout's own."""
+    return prompt[:len(prompt) - len(generation[int(drawn)])] + list(generation[int(think)])
 
 
 def score(trajs, gt, offered, checks, G: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -51,11 +72,16 @@ def prepare(run, state, frozen, arrays, host, step):
     G, tok = c.rollout.num_generations, run.tokenizer
     A, B, P = arrays["prompt_ids"].shape
     ids, mask = arrays["prompt_ids"].reshape(A * B, P), arrays["prompt_mask"].reshape(A * B, P)
-    prompts = [list(row[m == 1]) for row, m in zip(ids, mask) for _ in range(G)]            # N = A*B*G
-    thinking = np.repeat(arrays["open_thinking"].reshape(-1), G)
+    sample_key, thinking_key = jax.random.split(rng.draw(c.seed, "rollout", step))
+    ratio = THINKING_RATIO if c.data.thinking_ratio is None else c.data.thinking_ratio
+    thinking = draw_thinking(thinking_key, arrays["index"].reshape(-1), G, ratio)           # [N], N = A*B*G
+    drawn = np.repeat(arrays["open_thinking"].reshape(-1), G)
+    generation = generation_prompts(tok)
+    prompts = [with_thinking(list(row[m == 1]), d, t, generation)
+               for row, m, d, t in zip(np.repeat(ids, G, 0), np.repeat(mask, G, 0), drawn, thinking)]
     tools, checks = _tools(r3.tools)
 
-    sampler = turn_sampler(run, state.params, rng.draw(c.seed, "rollout", step))
+    sampler = turn_sampler(run, state.params, sample_key)
     trajs, times = agent_rollouts(sampler, tok, prompts, thinking, tools, max_turns=r3.max_turns,
                                   max_total_len=r3.max_total_len, timeout=r3.tool_timeout)
     rewards, parts = score(trajs, host["gt"], [tool_names(t) for t in host["tools"]], checks, G)
@@ -105,7 +131,7 @@ STAGE = Stage(
     generations=(3,),
     defaults=dict(learning_rate=tiny(1e-5, 3e-7), batch_size=tiny(4, 2), accumulation_steps=1,
                   max_seq_len=tiny(512, 1024), max_gen_len=tiny(48, 768), epochs=1, beta=0.1,
-                  max_steps=tiny(4, None), thinking_ratio=tiny(0.0, 0.1), from_weight="full_sft",
+                  max_steps=tiny(4, None), thinking_ratio=tiny(0.0, THINKING_RATIO), from_weight="full_sft",
                   save_weight="agent", num_generations=4, rollout_top_k=50, rollout_top_p=0.85),
     data_file="agent.jsonl",
     dataset="agent",
