@@ -33,7 +33,7 @@ IMPLS = ("dense", "slab", "block", "sorted", "grouped")
 # traced. MINIMIND_MOE sets its default.
 IMPL: str | None = os.environ.get("MINIMIND_MOE") or None
 BLOCK = 256             # rows per block of the block path
-WINDOW = 128            # rows per window of the sorted path
+WINDOWS = (256, 64)     # the sorted path's window sizes (`_windows`)
 SLAB_FACTOR = 1.25      # exact slab path: each expert's slab holds this times its balanced share of the pairs
 
 
@@ -214,35 +214,47 @@ _NT = (((1,), (1,)), ((), ()))          # [M, K] @ [N, K]^T
 _TN = (((0,), (0,)), ((), ()))          # [M, K]^T @ [M, N]
 
 
-def _windows(start, size, window: int, step, carry):
-    """carry = step(carry, row, valid) for each window of `window` rows over the run [start, start + size), in
-    order; valid [window] bool marks the window's rows inside the run.
+def _windows(start, size, windows: tuple[int, ...], step, carry):
+    """carry = step(carry, row, valid) over the run of rows [start, start + size), in order: windows of
+    windows[0] rows while whole ones fit, then of windows[1], ..., and of the last size until the run is covered
+    (valid [w] bool marks a window's rows inside the run).
 
-    The last window may reach past the run: the rows it computes there belong to the next run (or padding), whose
-    own windows, run after these, overwrite them."""
-    def body(i, carry):
-        return step(carry, start + i * window, i * window + jnp.arange(window) < size)
-    return lax.fori_loop(0, (size + window - 1) // window, body, carry)
+    Big windows first: each backward window adds its [H, 2I] weight gradient into the accumulator, a pass over
+    memory that a bigger window amortises; small ones last: the last window's rows past the run are computed for
+    nothing. Those rows belong to the next run (or padding), whose own windows, run after these, overwrite them."""
+    row, left = start, size
+    for i, w in enumerate(windows):
+        n = (left + w - 1) // w if i == len(windows) - 1 else left // w
+        body = lambda j, carry, w=w, row=row, left=left: step(carry, row + j * w, j * w + jnp.arange(w) < left)
+        carry = lax.fori_loop(0, n, body, carry)
+        row, left = row + n * w, left - n * w
+    return carry
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def sorted_swiglu(xs, w_gate_up, w_down, starts, sizes, window: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def sorted_swiglu(xs, w_gate, w_up, w_down, starts, sizes, windows: tuple[int, ...]):
     """SwiGLU of each expert on its run of rows: xs [R, H] sorted by expert (expert e's rows at
-    [starts[e], starts[e] + sizes[e]), then at least `window` - 1 rows of padding), w_gate_up [E, H, 2I],
+    [starts[e], starts[e] + sizes[e]), then at least windows[-1] - 1 rows of padding), w_gate/w_up [E, H, I],
     w_down [E, I, H] -> [R, H] in xs's dtype (rows outside every run are undefined).
 
-    Each run is read in windows of `window` rows, a loop of 2-D dots on its expert's weights in place: the FLOPs of
-    the routed pairs plus under one window per expert. The backward is written out (silu recomputed from the saved
+    Each run is read in windows (`_windows`), loops of 2-D dots on its expert's weights in place: the FLOPs of the
+    routed pairs plus under windows[-1] rows per expert. The backward is written out (silu recomputed from the saved
     pre-activations [R, 2I]) because autodiff of the loops would stack every window's operands."""
-    return _sorted_fwd(xs, w_gate_up, w_down, starts, sizes, window)[0]
+    return _sorted_fwd(xs, w_gate, w_up, w_down, starts, sizes, windows)[0]
 
 
-def _sorted_fwd(xs, w_gate_up, w_down, starts, sizes, window):
+def _gate_up(w_gate, w_up, e):
+    """Expert e's [gate | up] kernel [H, 2I]: one dot per window reads x once. Concatenated from the two slices
+    (one copy) outside the window loop: inside, XLA copies it on every window."""
+    return jnp.concatenate([w_gate[e], w_up[e]], axis=-1)
+
+
+def _sorted_fwd(xs, w_gate, w_up, w_down, starts, sizes, windows):
     cd, I = xs.dtype, w_down.shape[1]
 
     def step(w_gate_up, w_down, carry, row, valid):
         out, pre = carry
-        xw = lax.dynamic_slice_in_dim(xs, row, window)                              # [W, H]
+        xw = lax.dynamic_slice_in_dim(xs, row, valid.shape[0])                      # [W, H]
         gate_up = _mm(xw, w_gate_up, _NN, cd)                                       # [W, 2I]
         g32 = gate_up.astype(F32)
         act = (jax.nn.silu(g32[:, :I]) * g32[:, I:]).astype(cd)                     # [W, I]
@@ -250,21 +262,22 @@ def _sorted_fwd(xs, w_gate_up, w_down, starts, sizes, window):
         return out, lax.dynamic_update_slice_in_dim(pre, gate_up, row, 0)
 
     carry = (jnp.zeros(xs.shape, cd), jnp.zeros((xs.shape[0], 2 * I), cd))      # out [R, H], pre [R, 2I]
-    for e in range(w_gate_up.shape[0]):
-        # The expert's weights sliced outside its loop: inside, XLA copies the slice on every window.
-        carry = _windows(starts[e], sizes[e], window, functools.partial(step, w_gate_up[e], w_down[e]), carry)
-    return carry[0], (xs, w_gate_up, w_down, starts, sizes, carry[1])
+    for e in range(w_gate.shape[0]):
+        carry = _windows(starts[e], sizes[e], windows, functools.partial(step, _gate_up(w_gate, w_up, e), w_down[e]),
+                         carry)
+    return carry[0], (xs, w_gate, w_up, w_down, starts, sizes, carry[1])
 
 
-def _sorted_bwd(window, res, ct):
-    xs, w_gate_up, w_down, starts, sizes, pre = res
-    cd, (E, H, I2), I = xs.dtype, w_gate_up.shape, w_down.shape[1]
+def _sorted_bwd(windows, res, ct):
+    xs, w_gate, w_up, w_down, starts, sizes, pre = res
+    cd, (E, H, I) = xs.dtype, w_gate.shape
 
     def step(w_gate_up, w_down, carry, row, valid):
         dxs, d_gate_up, d_down = carry
-        g = jnp.where(valid[:, None], lax.dynamic_slice_in_dim(ct, row, window), 0).astype(cd)   # [W, H]
-        xw = lax.dynamic_slice_in_dim(xs, row, window)                              # [W, H]
-        gate_up = lax.dynamic_slice_in_dim(pre, row, window).astype(F32)            # [W, 2I]
+        window = lambda a: lax.dynamic_slice_in_dim(a, row, valid.shape[0])
+        g = jnp.where(valid[:, None], window(ct), 0).astype(cd)                      # [W, H]
+        xw = window(xs)                                                             # [W, H]
+        gate_up = window(pre).astype(F32)                                           # [W, 2I]
         gate, up = gate_up[:, :I], gate_up[:, I:]
         sig = jax.nn.sigmoid(gate)
         d_act = _mm(g, w_down, _NT, F32)                                            # [W, I]
@@ -276,33 +289,36 @@ def _sorted_bwd(window, res, ct):
 
     dxs, d_gate_up, d_down = jnp.zeros(xs.shape, cd), [], []
     for e in range(E):
-        dxs, dgu, dd = _windows(starts[e], sizes[e], window, functools.partial(step, w_gate_up[e], w_down[e]),
-                                (dxs, jnp.zeros((H, I2), F32), jnp.zeros((I, H), F32)))
+        step_e = functools.partial(step, _gate_up(w_gate, w_up, e), w_down[e])
+        dxs, dgu, dd = _windows(starts[e], sizes[e], windows, step_e,
+                                (dxs, jnp.zeros((H, 2 * I), F32), jnp.zeros((I, H), F32)))
         d_gate_up.append(dgu)
         d_down.append(dd)
-    return (dxs, jnp.stack(d_gate_up).astype(w_gate_up.dtype), jnp.stack(d_down).astype(w_down.dtype), None, None)
+    d_gate = jnp.stack([d[:, :I] for d in d_gate_up]).astype(w_gate.dtype)         # [E, H, I]
+    d_up = jnp.stack([d[:, I:] for d in d_gate_up]).astype(w_up.dtype)
+    return dxs, d_gate, d_up, jnp.stack(d_down).astype(w_down.dtype), None, None
 
 
 sorted_swiglu.defvjp(_sorted_fwd, _sorted_bwd)
 
 
-def sorted_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, window: int = WINDOW):
+def sorted_experts(x, w_gate, w_up, w_down, topk_weight, topk_idx, windows: tuple[int, ...] = WINDOWS):
     """The routed sum over exactly the chosen pairs, no token dropped: the N*k pairs sorted by expert into
-    xs [A + window, H] (A = N*k), each expert's run through its SwiGLU in windows (sorted_swiglu), the rows
+    xs [A + windows[-1], H] (A = N*k), each expert's run through its SwiGLU in windows (sorted_swiglu), the rows
     gathered back to their pairs and summed with the routing weights in float32. Every gather's transpose is a
     gather (take_rows), so neither direction has a scatter-add."""
     N, H = x.shape
     E, k = w_gate.shape[0], topk_idx.shape[1]
     A = N * k
+    windows = tuple(w for w in windows[:-1] if w <= A) + windows[-1:]        # none bigger than the pairs
     expert = topk_idx.reshape(-1)                                            # [A] expert of pair p = n*k + j
     order = jnp.argsort(expert, stable=True).astype(jnp.int32)              # [A] sorted row -> pair
     rank = jnp.zeros((A,), jnp.int32).at[order].set(jnp.arange(A, dtype=jnp.int32))   # [A] pair -> sorted row
     sizes = jnp.bincount(expert, length=E).astype(jnp.int32)                # [E]
     starts = jnp.cumsum(sizes) - sizes                                       # [E]
-    pad = lambda v, fill: jnp.concatenate([v, jnp.full((window,), fill, jnp.int32)])
+    pad = lambda v, fill: jnp.concatenate([v, jnp.full((windows[-1],), fill, jnp.int32)])
     xs = take_rows(x, pad(order // k, N), rank.reshape(N, k))                # [A + W, H], padding rows 0
-    w_gate_up = jnp.concatenate([w_gate, w_up], axis=-1)                     # [E, H, 2I]
-    rows = sorted_swiglu(xs, w_gate_up, w_down, starts, sizes, window)       # [A + W, H]
+    rows = sorted_swiglu(xs, w_gate, w_up, w_down, starts, sizes, windows)   # [A + W, H]
     pairs = take_rows(rows, rank, pad(order, A)[:, None])                    # [A, H]
     return jnp.einsum("nkh,nk->nh", pairs.reshape(N, k, H).astype(F32), topk_weight)
 

@@ -164,10 +164,10 @@ def test_expert_paths_agree(k, skew):
         close(grads["dense"], grads[impl], 2e-4)
 
 
-@pytest.mark.parametrize("window", [8, 64, 512])
-def test_sorted_windows(window):
-    """The sorted path against the dense one when runs span many windows, end inside one, or fill exactly whole
-    ones, and when an expert gets no pair (routing forced off expert 3)."""
+@pytest.mark.parametrize("windows", [(8,), (32, 8), (64, 16, 8), (512, 128)])
+def test_sorted_windows(windows):
+    """The sorted path against the dense one when runs span many windows of each size, end inside one, or are
+    shorter than the biggest, and when an expert gets no pair (routing forced off expert 3)."""
     x, wg, wu, wd, weight, idx = expert_args(N=96, E=4, k=2)
     idx = jnp.where(idx == 3, (idx + 1) % 3, idx)
     idx = jnp.where(idx[:, :1] == idx[:, 1:], jnp.stack([idx[:, 0], (idx[:, 0] + 1) % 3], 1), idx)
@@ -176,7 +176,7 @@ def test_sorted_windows(window):
     cot = jnp.asarray(np.random.default_rng(1).normal(0, 1, (96, 16)), jnp.float32)
     f = lambda run: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(run(*a, idx) * cot), argnums=(0, 1, 2, 3, 4)))
     close(f(moe.dense_experts)(x, wg, wu, wd, weight),
-          f(lambda *a: moe.sorted_experts(*a, window=window))(x, wg, wu, wd, weight), 1e-4)
+          f(lambda *a: moe.sorted_experts(*a, windows=windows))(x, wg, wu, wd, weight), 1e-4)
 
 
 def test_take_rows_transposes_by_gather():
