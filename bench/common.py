@@ -2,7 +2,9 @@
 writer."""
 import collections
 import json
+import re
 import resource
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -71,11 +73,47 @@ def profile_ops(fn, *args, repeat: int = 2) -> dict[str, float]:
     return {op: ns / 1e9 / repeat for op, ns in own.most_common()}
 
 
-def profile_by_kind(ops: dict[str, float]) -> dict[str, float]:
-    kinds = collections.Counter()
-    for op, s in ops.items():
-        kinds[op_kind(op)] += s
-    return dict(kinds.most_common())
+def op_sources(compiled_text: str) -> dict[str, str]:
+    """Each HLO instruction's op_name metadata (the JAX source it came from) in a compiled module's text."""
+    found = (re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]+)\"", line) for line in
+             compiled_text.splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
+def profile_table(ops: dict[str, float], region_of) -> list[dict]:
+    """Seconds per step by region (region_of(instruction name) -> str) and op kind: one row per region."""
+    cells = collections.defaultdict(collections.Counter)
+    for op, seconds in ops.items():
+        cells[region_of(op)][op_kind(op)] += seconds
+    rows = [{"region": r, "total_s": round(sum(c.values()), 3), **{k: round(v, 3) for k, v in c.most_common()}}
+            for r, c in cells.items()]
+    return sorted(rows, key=lambda r: -r["total_s"])
+
+
+class StepWorker:
+    """A train step kept warm in a process of its own. `cmd` prints one JSON line of facts when ready, then answers
+    each request line on stdin with one JSON line: `n` -> {"steps_s": [n step times]}; its own requests too
+    (bench.train's `profile`). One process per step: each has its own memory (two MoE steps and the reference
+    do not fit one process here) and its own thread pool, and only one runs at a time."""
+
+    def __init__(self, cmd: list[str]):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {self.proc.wait()} before it was ready")
+        self.info = json.loads(line)
+
+    def ask(self, request: str) -> dict:
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def steps(self, n: int) -> list[float]:
+        return self.ask(str(n))["steps_s"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def peak_rss_mb() -> float:

@@ -2,17 +2,17 @@
 
 Written from the specification: RMSNorm, rotate-half RoPE, GQA through torch's fused SDPA (as the reference uses
 when available), SwiGLU, tied embeddings, and the reference's MoE (a Python loop over experts while training).
-Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it. `python -m bench.torch_reference`
-times train steps in a process of their own and prints them as one JSON line (bench.cli alternates it with runs of
-the CLI). Runs on CPU (fp32) or CUDA, where
+Needs torch (`pip install 'minimind-jax[torch]'`); only the benchmark imports it. Runs on CPU or CUDA;
 `dtype="bfloat16"` trains under bf16 autocast with fp32 weights, as the reference trains on GPU.
+`python -m bench.torch_reference` times train steps in a process of their own and prints them as one JSON line
+(bench.cli runs it between runs of the CLI); with `--serve` it keeps the step warm and times steps on demand
+(bench.train interleaves it with its own steps, step by step).
 """
 import argparse
 import contextlib
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 
@@ -272,12 +272,12 @@ def grpo_step_seconds(hidden=512, layers=8, prompts=2, generations=8, prompt=66,
 
 
 def serve(hidden, layers, moe, batch, seq, dtype):
-    """Answer `n` on stdin with the seconds of n more train steps (one JSON line), until stdin closes: the reference
-    kept warm in its own process, so a benchmark can alternate its steps with its own step by step."""
+    """The reference's train step kept warm for bench.common.StepWorker: one JSON line of facts when ready, then
+    each `n` on stdin answered with the seconds of n more steps (one JSON line), until stdin closes."""
     torch.manual_seed(0)
     step = make_train_step(MiniMind(_config(hidden, layers, moe)), batch, seq, "cpu", dtype)
     step()
-    print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+    print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
     for line in sys.stdin:
         times = []
         for _ in range(int(line)):
@@ -285,32 +285,6 @@ def serve(hidden, layers, moe, batch, seq, dtype):
             step()
             times.append(time.perf_counter() - t0)
         print(json.dumps({"steps_s": times}), flush=True)
-
-
-class Worker:
-    """The reference's train step in a subprocess (`serve`): steps(n) -> n step times. torch and XLA keep their own
-    thread pools, and neither runs while the other does."""
-
-    def __init__(self, hidden=512, layers=8, moe=False, batch=8, seq=340, dtype="float32"):
-        cmd = [sys.executable, "-m", "bench.torch_reference", "--serve", "--hidden", str(hidden), "--layers",
-               str(layers), "--moe", str(int(moe)), "--batch", str(batch), "--seq", str(seq), "--dtype", dtype]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.proc.stdout.readline())
-
-    def steps(self, n: int) -> list[float]:
-        self.proc.stdin.write(f"{n}\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())["steps_s"]
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def main(argv=None):

@@ -14,7 +14,10 @@ rounds or when an MFU came out above 1 (the load changed under the measurement: 
     python -m bench.train --cli                        # the step through `python -m train.run` (bench.cli)
 """
 import argparse
+import contextlib
+import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -23,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import compile_seconds, environment, matmul_roofline, peak_rss_mb, print_table, write_json
+from bench.common import (StepWorker, compile_seconds, environment, matmul_roofline, op_sources, peak_rss_mb,
+                          print_table, profile_ops, profile_table, write_json)
 from minimind_jax import MiniMindConfig, MiniMindForCausalLM, get_policy, moe
 from train import optim
 from train.state import TrainState
@@ -71,17 +75,14 @@ class EngineStep:
         ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (accumulation, batch, seq + 1)).astype(np.int32)
         self.data = {"input_ids": jnp.asarray(ids[..., :-1]), "labels": jnp.asarray(ids[..., 1:]),
                      "loss_mask": jnp.ones((accumulation, batch, seq), jnp.float32)}
-        old, moe.IMPL = moe.IMPL, impl or moe.IMPL       # read while tracing, so only around the compilation
-        try:
-            self.step = jax.jit(make_train_step(lm_loss(model), tx), donate_argnums=0)
-            self.compile_s = compile_seconds(self.step, self.state, self.data, {})
-            self.times = []
-            self.run(1)                                   # the first call also places the donated buffers
-            self.times = []
-        finally:
-            moe.IMPL = old
         self.impl = impl or (moe.choose(batch * seq, cfg.n_routed_experts, cfg.num_experts_per_tok)
                              if cfg.use_moe else "")
+        self.loss_fn, self.tx, self.times = lm_loss(model), tx, []
+        with dispatch(self.impl):                         # read while tracing
+            self.step = jax.jit(make_train_step(self.loss_fn, tx), donate_argnums=0)
+            self.compile_s = compile_seconds(self.step, self.state, self.data, {})
+            self.run(1)                                   # the first call also places the donated buffers
+        self.times = []
         self.tokens = accumulation * batch * seq
         self.flops_per_token = flops_per_token(cfg, seq)
 
@@ -96,6 +97,37 @@ class EngineStep:
         return times
 
 
+REGIONS = (("routed experts", r"mlp/experts"), ("router + aux", r"mlp/(gate\b|gate/)|load_balance"),
+           ("shared expert", r"shared_experts"), ("mlp", r"/mlp/"), ("attention", r"self_attn"),
+           ("norms", r"layernorm|model/norm"), ("embedding + lm head", r"lm_head|embed"),
+           ("model, other", r"MiniMindForCausalLM"))
+
+
+def region(source: str) -> str:
+    """The part of the step an op belongs to, from its source (op_name); loss, clipping and AdamW are the rest."""
+    return next((name for name, pattern in REGIONS if re.search(pattern, source)), "loss + optimizer")
+
+
+def profile(s: "EngineStep") -> list[dict]:
+    """Where one step's time goes: seconds per step by region and op kind (own time of each XLA:CPU thunk,
+    summed over threads, so independent thunks running side by side both count)."""
+    with dispatch(s.impl):                           # no donation: the profile reruns one state
+        compiled = jax.jit(make_train_step(s.loss_fn, s.tx)).lower(s.state, s.data, {}).compile()
+    sources = op_sources(compiled.as_text())
+    ops = profile_ops(compiled, s.state, s.data, {})
+    return profile_table(ops, lambda op: region(sources.get(op, "")))
+
+
+@contextlib.contextmanager
+def dispatch(impl: str | None):
+    """moe.IMPL set to impl (None or "": choose's) while a step is traced."""
+    old, moe.IMPL = moe.IMPL, impl or moe.IMPL
+    try:
+        yield
+    finally:
+        moe.IMPL = old
+
+
 def engine_step(preset: str, dtype: str, accumulation: int, batch: int, seq: int, steps: int) -> dict:
     """The best of `steps` steps alone (no interleaving): bench.device's rows."""
     s = EngineStep(preset, dtype, accumulation, batch, seq)
@@ -104,31 +136,68 @@ def engine_step(preset: str, dtype: str, accumulation: int, batch: int, seq: int
             "flops_per_token": s.flops_per_token}
 
 
-def interleaved(ours: dict, refs: dict, roof_dtypes, rounds: int, steps: int) -> tuple[dict, list]:
-    """`rounds` rounds of [roofline of each dtype, `steps` steps of each of ours, `steps` of each reference].
-    -> (rooflines per dtype and round, the load average before each round)."""
+def serve(preset: str, dtype: str, accumulation: int, batch: int, seq: int, impl: str | None) -> None:
+    """One EngineStep for bench.common.StepWorker: its facts when compiled, then `n` -> n step times,
+    `profile` -> where a step's time goes."""
+    s = EngineStep(preset, dtype, accumulation, batch, seq, impl)
+    print(json.dumps({"impl": s.impl, "tokens": s.tokens, "compile_s": s.compile_s}), flush=True)
+    for line in sys.stdin:
+        request = line.strip()
+        answer = {"profile": profile(s)} if request == "profile" else {"steps_s": s.run(int(request))}
+        print(json.dumps({**answer, "peak_rss_MB": peak_rss_mb()}), flush=True)
+
+
+class Timed:
+    """A StepWorker (ours or the reference's) and its step times, round by round."""
+
+    def __init__(self, cmd: list[str], tokens: int, flops_per_token: float, impl: str = ""):
+        self.worker, self.times = StepWorker(cmd), []
+        self.impl = self.worker.info.get("impl", impl)
+        self.compile_s = self.worker.info.get("compile_s", 0.0)
+        self.tokens, self.flops_per_token = tokens, flops_per_token
+
+    def round(self, steps: int):
+        self.times.append(self.worker.steps(steps))
+
+
+def ours(preset: str, dtype: str, accumulation: int, batch: int, seq: int, impl: str) -> Timed:
+    cmd = [sys.executable, "-m", "bench.train", "--serve", "--models", preset, "--dtypes", dtype, "--accums",
+           str(accumulation), "--moe_impls", impl, "--batch", str(batch), "--seq", str(seq)]
+    return Timed(cmd, accumulation * batch * seq, flops_per_token(model_config(preset), seq))
+
+
+def reference(preset: str, dtype: str, batch: int, seq: int) -> Timed:
+    cfg = MiniMindConfig.from_preset(preset)
+    cmd = [sys.executable, "-m", "bench.torch_reference", "--serve", "--hidden", str(cfg.hidden_size), "--layers",
+           str(cfg.num_hidden_layers), "--moe", str(int(cfg.use_moe)), "--batch", str(batch), "--seq", str(seq),
+           "--dtype", dtype]
+    return Timed(cmd, batch * seq, flops_per_token(cfg, seq), "loop" if cfg.use_moe else "")
+
+
+def interleaved(steps: dict, roof_dtypes, rounds: int, n: int) -> tuple[dict, list]:
+    """`rounds` rounds of [the roofline of each dtype, then `n` steps of each worker in turn].
+    -> (roofline FLOP/s per dtype and round, the load average before each round)."""
     roof = {d: [] for d in roof_dtypes}
     loads = []
     for _ in range(rounds):
         loads.append(os.getloadavg()[0])
         for d in roof:
             roof[d].append(matmul_roofline(getattr(jnp, d)))
-        for s in ours.values():
-            s.run(steps)
-        for w in refs.values():
-            w.times.append(w.steps(steps))
+        for t in steps.values():
+            t.round(n)
     return roof, loads
 
 
-def rows_of(preset: str, ours: dict, refs: dict, roof: dict, loads: list, noise: float) -> list[dict]:
+def rows_of(preset: str, steps: dict, roof: dict, loads: list, noise: float) -> list[dict]:
     """One row per measured step: the median over rounds of each round's best step, MFU against the same round's
     roofline, and (ours) the tokens/s ratio to the fp32 reference and to the fastest reference dtype, taken round by
     round."""
     tokens_per_s = lambda s: [s.tokens / min(t) for t in s.times]          # per round
-    ref_fp32 = tokens_per_s(refs[("ref", "float32")]) if ("ref", "float32") in refs else None
-    ref_best = [max(r) for r in zip(*map(tokens_per_s, refs.values()))] if refs else None
+    refs = [s for label, s in steps.items() if label[0] == "ref"]
+    ref_fp32 = tokens_per_s(steps[("ref", "float32")]) if ("ref", "float32") in steps else None
+    ref_best = [max(r) for r in zip(*map(tokens_per_s, refs))] if refs else None
     rows = []
-    for label, s in list(ours.items()) + list(refs.items()):
+    for label, s in steps.items():
         mine, dtype = label[0] == "ours", label[1]
         tps, roofs = tokens_per_s(s), roof[dtype]
         mfu = [t * s.flops_per_token / r for t, r in zip(tps, roofs)]
@@ -142,27 +211,10 @@ def rows_of(preset: str, ours: dict, refs: dict, roof: dict, loads: list, noise:
         checks = ([f"MFU {max(mfu):.2f} > 1"] if max(mfu) > 1 else []) + \
                  ([f"roofline spread {spread:.0%}"] if spread > noise else [])
         row.update(roof_GF=statistics.median(roofs) / 1e9, load=f"{min(loads):.1f}-{max(loads):.1f}",
-                   check="; ".join(checks) or "ok", compile_s=getattr(s, "compile_s", 0.0))
+                   check="; ".join(checks) or "ok", compile_s=s.compile_s,
+                   peak_rss_MB=getattr(s, "peak_rss_MB", ""))
         rows.append(row)
     return rows
-
-
-class RefSteps:
-    """A reference Worker with the bookkeeping of an EngineStep (times per round, tokens, FLOPs)."""
-
-    def __init__(self, preset: str, dtype: str, batch: int, seq: int):
-        from bench.torch_reference import Worker
-
-        cfg = MiniMindConfig.from_preset(preset)
-        self.worker = Worker(cfg.hidden_size, cfg.num_hidden_layers, cfg.use_moe, batch, seq, dtype)
-        self.times, self.tokens, self.flops_per_token = [], batch * seq, flops_per_token(cfg, seq)
-        self.impl = "loop" if cfg.use_moe else ""
-
-    def steps(self, n: int) -> list[float]:
-        return self.worker.steps(n)
-
-    def close(self):
-        self.worker.close()
 
 
 def main(argv=None):
@@ -180,8 +232,10 @@ def main(argv=None):
     p.add_argument("--moe_impls", default="", help="MoE dispatches to time, e.g. block,sorted (default: choose's)")
     p.add_argument("--ref_dtypes", default="float32", help="the reference's: float32, bfloat16 (CPU autocast)")
     p.add_argument("--noise", type=float, default=0.10, help="roofline spread between rounds flagged in `check`")
+    p.add_argument("--profile", action="store_true", help="also where each of our steps' time goes (jax.profiler)")
     p.add_argument("--cli", action="store_true", help="time the step through the CLI instead (bench.cli)")
     p.add_argument("--json", "--out", dest="json", default="bench/results/train.json")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)    # one step for a StepWorker
     a, rest = p.parse_known_args(argv)
     if a.cli:
         from bench import cli
@@ -192,30 +246,39 @@ def main(argv=None):
     models, dtypes = a.models.split(","), a.dtypes.split(",")
     if a.quick:
         models, a.accums = ["small"], "1"
-    rows = []
+    if a.serve:
+        return serve(models[0], dtypes[0], int(a.accums.split(",")[0]), a.batch, a.seq, a.moe_impls or None)
+    rows, profiles = [], []
     for preset in models:
         cfg = model_config(preset)
         accums = [1] if cfg.use_moe else [int(x) for x in a.accums.split(",")]
-        impls = a.moe_impls.split(",") if cfg.use_moe and a.moe_impls else [None]
-        ours = {("ours", d, acc, impl or ""): EngineStep(preset, d, acc, a.batch, a.seq, impl)
-                for d in dtypes for acc in accums for impl in impls}
-        refs = {}
+        impls = a.moe_impls.split(",") if cfg.use_moe and a.moe_impls else [""]
+        steps = {("ours", d, acc, impl): ours(preset, d, acc, a.batch, a.seq, impl)
+                 for d in dtypes for acc in accums for impl in impls}
         # The reference is MiniMind-2 only (bench/torch_reference.py).
         if not a.no_torch and not preset.endswith("3"):
-            refs = {("ref", d): RefSteps(preset, d, a.batch, a.seq) for d in a.ref_dtypes.split(",")}
+            steps.update({("ref", d): reference(preset, d, a.batch, a.seq) for d in a.ref_dtypes.split(",")})
         try:
-            roof, loads = interleaved(ours, refs, sorted(set(dtypes) | {"float32"}), a.rounds, a.steps)
+            roof, loads = interleaved(steps, sorted(set(dtypes) | set(a.ref_dtypes.split(",")) | {"float32"}),
+                                      a.rounds, a.steps)
+            for label, t in steps.items():
+                if label[0] == "ours":
+                    t.peak_rss_MB = t.worker.ask("0")["peak_rss_MB"]
+            rows += rows_of(preset, steps, roof, loads, a.noise)
+            print_table([r for r in rows if r["model"] == preset], f"{preset}: {a.rounds} interleaved rounds")
+            for label, t in steps.items() if a.profile else ():
+                if label[0] == "ours":
+                    load = os.getloadavg()[0]
+                    profiles.append({"model": preset, "dtype": label[1], "accum": label[2], "moe": t.impl,
+                                     "load": load, "regions": t.worker.ask("profile")["profile"]})
+                    print_table(profiles[-1]["regions"], f"profile {preset} {label[1]} accum {label[2]} {t.impl} "
+                                                         f"(load {load:.1f}): seconds per step, summed over threads")
         finally:
-            for r in refs.values():
-                r.close()
-        rows += rows_of(preset, ours, refs, roof, loads, a.noise)
-        print_table([r for r in rows if r["model"] == preset], f"{preset}: {a.rounds} interleaved rounds")
-        del ours
-    for r in rows:
-        r["peak_rss_MB"] = peak_rss_mb()
+            for t in steps.values():
+                t.worker.close()
     print_table(rows, f"train step, batch {a.batch} x seq {a.seq}: median over {a.rounds} rounds of the best of "
-                      f"{a.steps} steps; x_ref against the reference's fp32 step of the same rounds")
-    write_json(a.json, {"env": environment(), "args": vars(a), "rows": rows})
+                      f"{a.steps} steps; x_ref against the reference's step of the same rounds")
+    write_json(a.json, {"env": environment(), "args": vars(a), "rows": rows, "profiles": profiles})
 
 
 if __name__ == "__main__":
