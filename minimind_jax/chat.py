@@ -78,7 +78,8 @@ def load_model(args) -> tuple[MiniMindForCausalLM, dict]:
 def prefill(model, params, ids, mask, *, length):
     """Run left-padded prompts [B, P] into a fresh cache of `length` slots; -> (last logits [B, V], cache)."""
     out = model.apply({"params": params}, ids, mask, cache=KVCache.create(model.cfg, ids.shape[0], length,
-                                                                          model.policy.compute_dtype))
+                                                                          model.policy.compute_dtype),
+                      logits_last=1)
     return out.logits[:, -1], out.cache
 
 

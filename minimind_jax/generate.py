@@ -83,15 +83,15 @@ def decode_parts() -> int:
 
 
 @partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_token_id",
-                                   "pad_token_id", "parts"))
+                                   "pad_token_id", "parts", "prompt_groups"))
 def _generate(model, params, input_ids, attention_mask, rng, *, max_new_tokens, temperature, top_k, top_p,
-              eos_token_id, pad_token_id, parts=1):
+              eos_token_id, pad_token_id, parts=1, prompt_groups=1):
     B, P = input_ids.shape
     N = max_new_tokens
     variables = {"params": params}
     if parts > 1:                                    # one-token steps read the weights in per-core blocks
         variables["decode"] = decode_layout(params, parts, model.policy.compute_dtype)
-    run = lambda ids, mask, cache: model.apply({"params": params}, ids, mask, cache=cache)
+    run = lambda ids, mask, cache: model.apply({"params": params}, ids, mask, cache=cache, logits_last=1)
     step_run = lambda ids, cache: model.apply(variables, ids, cache=cache)
     sample = lambda logits, key: sample_token(logits, key, temperature, top_k, top_p)
     finished = (lambda tok: tok == eos_token_id) if eos_token_id is not None else (lambda tok: jnp.zeros_like(tok, bool))
@@ -99,8 +99,11 @@ def _generate(model, params, input_ids, attention_mask, rng, *, max_new_tokens, 
     # One key per row, folded with the step: a row's draws depend on its key alone, never on the rows it is
     # batched with, so a row samples the same completion on 1 device, on many, or split across processes.
     keys = rng if per_row(rng) else jax.random.split(rng, B)                  # [B]
-    cache = KVCache.create(model.cfg, B, P + N, model.policy.compute_dtype)
-    out = run(input_ids, attention_mask, cache)                              # prefill: logits [B, P, V]
+    g = prompt_groups                    # rows come in runs of g identical prompts: each run is prefilled once
+    cache = KVCache.create(model.cfg, B // g, P + N, model.policy.compute_dtype)
+    out = run(input_ids[::g], attention_mask[::g], cache)                    # prefill: logits [B / g, 1, V]
+    copies = lambda x: jnp.repeat(x, g, axis=0) if g > 1 and x.ndim else x   # ... and copied to its g rows
+    out = out.replace(logits=copies(out.logits), cache=jax.tree.map(copies, out.cache))
     first = sample(out.logits[:, -1], step_keys(keys, 0))                    # [B]; prompts are left-padded
     tokens = jnp.full((B, N), pad_token_id, jnp.int32).at[:, 0].set(first)
 
@@ -123,13 +126,15 @@ def _generate(model, params, input_ids, attention_mask, rng, *, max_new_tokens, 
 
 def generate(model: MiniMindForCausalLM, params, input_ids, attention_mask=None, *, rng: jax.Array | None = None,
              max_new_tokens: int = 128, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_token_id: int | None = 2, pad_token_id: int = 0) -> GenerateOutput:
+             eos_token_id: int | None = 2, pad_token_id: int = 0, prompt_groups: int = 1) -> GenerateOutput:
     """Sample `max_new_tokens` after left-padded prompts input_ids [B, P] (attention_mask 1 = real token).
 
     `rng` is one key (split into one per row) or one key per row ([B] typed or uint32 [B, 2]): a row's completion
     depends only on its prompt and its key. Greedy when temperature is 0 (then rng may be None).
     eos_token_id=None never stops early. Tokens after a row's first eos are pad_token_id. Compute follows the
-    weights: pass bf16 params for a bf16 rollout.
+    weights: pass bf16 params for a bf16 rollout. `prompt_groups=g` says the rows come in runs of g identical
+    prompts (GRPO's g rollouts of each prompt): each run's prompt is prefilled once and its cache copied, the same
+    completions for 1/g of the prefill.
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1:
         raise ValueError(f"generate: need temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1; got "
@@ -138,9 +143,11 @@ def generate(model: MiniMindForCausalLM, params, input_ids, attention_mask=None,
         if temperature > 0:
             raise ValueError("generate: sampling with temperature > 0 needs rng=jax.random.key(...)")
         rng = jax.random.key(0)
+    if prompt_groups < 1 or len(input_ids) % prompt_groups:
+        raise ValueError(f"generate: {len(input_ids)} rows are not runs of prompt_groups={prompt_groups}")
     input_ids = jnp.asarray(input_ids, jnp.int32)
     attention_mask = (jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32))
     return _generate(decoding_model(model, params), params, input_ids, attention_mask, rng,
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
                      top_p=float(top_p), eos_token_id=eos_token_id, pad_token_id=int(pad_token_id),
-                     parts=decode_parts())
+                     parts=decode_parts(), prompt_groups=int(prompt_groups))

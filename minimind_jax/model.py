@@ -48,13 +48,16 @@ class KVCache:
     what the CPU's attention reads) or [B, S, KV, HD] ('BSNH', the fused accelerator kernels').
 
     `mask[b, s]` is 1 where slot s holds a real (not padding) token; `index` is the number of slots written,
-    i.e. the absolute position of the next token.
+    i.e. the absolute position of the next token. `empty` (static) marks a cache nothing was written to yet: its
+    first forward (the prefill) attends causally among its own tokens, the cheaper causal path, instead of to all
+    S slots, the empty ones masked.
     """
     k: tuple[jax.Array, ...]             # L x [B, KV, S, HD] | [B, S, KV, HD]
     v: tuple[jax.Array, ...]
     mask: jax.Array                      # int32 [B, S]
     index: jax.Array                     # int32 scalar
     layout: str = struct.field(pytree_node=False, default="BNSH")
+    empty: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
     def create(cls, cfg: MiniMindConfig, batch: int, length: int, dtype=F32, layout: str | None = None) -> "KVCache":
@@ -64,7 +67,7 @@ class KVCache:
         shape = (batch, KV, length, HD) if layout == "BNSH" else (batch, length, KV, HD)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers))
         return cls(k=zeros, v=zeros, mask=jnp.zeros((batch, length), jnp.int32), index=jnp.zeros((), jnp.int32),
-                   layout=layout)
+                   layout=layout, empty=True)
 
     @property
     def length(self) -> int:
@@ -220,11 +223,12 @@ class Attention(nn.Module):
         if cfg.qk_norm:                                                      # one weight [HD] shared by all heads
             q, k = rms_norm(cfg, policy, "q_norm")(q), rms_norm(cfg, policy, "k_norm")(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)              # [B, T, heads, HD]
-        if cache_kv is None:
+        if cache_kv is not None:                                             # write at `index`
+            cache_kv = tuple(write_cache(c, new, index, kv_layout) for c, new in zip(cache_kv, (k, v)))
+        if cache_kv is None or mask.causal:                                  # keys: the T new positions
             kv_layout = "BSNH"
-        else:                                                                # write at `index`, attend to all S slots
-            k, v = (write_cache(c, new, index, kv_layout) for c, new in zip(cache_kv, (k, v)))
-            cache_kv = (k, v)
+        else:                                                                # keys: all S slots
+            k, v = cache_kv
         probs_dropout = None
         if mask.impl == "grouped":                                           # only it draws attention dropout
             probs_dropout = dropout_scale(seed, site, (B, KV, NH // KV * T, k.shape[1 if kv_layout == "BSNH" else 2]),
@@ -380,12 +384,13 @@ class MiniMindModel(nn.Module):
         positions = offset + lax.iota(jnp.int32, T)                          # [T] absolute positions
         seed = dropout_seed(self.make_rng("dropout")) if train and self.cfg.dropout > 0 else None
         impl = attention.choose(self.policy.compute_dtype, self.cfg.head_dim, dropout=seed is not None)
-        if cache is not None:                                                # keys are the cache's S slots
+        if cache is not None:
             new_mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
             key_mask = lax.dynamic_update_slice(cache.mask, new_mask, (0, offset))
-            mask = attention.make_mask(impl, positions, key_mask, cache.length, cached=True)
-        else:
+        if cache is None or cache.empty:                                     # keys: the T positions themselves
             mask = attention.make_mask(impl, positions, attention_mask, T, cached=False)
+        else:                                                                # keys: the cache's S slots
+            mask = attention.make_mask(impl, positions, key_mask, cache.length, cached=True)
         cos, sin = rope_tables(positions, self.cfg)
 
         x = jnp.take(self.embed_tokens, input_ids, axis=0).astype(self.policy.compute_dtype)   # [B, T, H]
@@ -401,7 +406,7 @@ class MiniMindModel(nn.Module):
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         if cache is not None:
-            cache = cache.replace(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=cache.index + T)
+            cache = cache.replace(k=tuple(new_k), v=tuple(new_v), mask=key_mask, index=cache.index + T, empty=False)
         return self.norm(x), aux, cache
 
     def final_norm(self, hidden):
@@ -444,13 +449,17 @@ class MiniMindForCausalLM(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, train: bool = False, *, cache: KVCache | None = None,
-                 return_hidden: bool = False) -> CausalLMOutput:
+                 return_hidden: bool = False, logits_last: int = 0) -> CausalLMOutput:
         """input_ids int [B, T]; attention_mask [B, T] (1 keep, 0 pad) or None; with `cache`, the T tokens are
         written at positions cache.index.. and attend to every real slot before them.
 
         `train=True` enables dropout (rngs={'dropout': key} when cfg.dropout > 0) and the MoE aux loss.
+        `logits_last=n` projects only the last n positions (logits [B, n, V]; 0: all): a prefill needs one and a
+        completion's log-probs its own; at a 6,400-token vocabulary the projection is most of a small model's
+        forward, and XLA does not drop the positions a slice of the logits discards.
         """
         backbone = MiniMindModel(self.cfg, self.policy, name="model")
         hidden, aux, cache = backbone(input_ids, attention_mask, train, cache)
-        return CausalLMOutput(logits=backbone.lm_head(hidden), aux_loss=aux,
+        logits = backbone.lm_head(hidden[:, -logits_last:] if logits_last else hidden)
+        return CausalLMOutput(logits=logits, aux_loss=aux,
                               hidden_states=hidden if return_hidden else None, cache=cache)

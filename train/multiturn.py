@@ -7,9 +7,11 @@ import time
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import losses
+from minimind_jax.model import MiniMindModel
 from train.rollout import sample
 
 
@@ -96,10 +98,21 @@ def bucket(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+def runs_of_equal_rows(ids: np.ndarray) -> int:
+    """The largest g such that ids [N, W] is N / g runs of g equal rows (1 when none): the first turn's contexts
+    are each prompt's G rollouts, whose shared prompt is then prefilled once."""
+    n = len(ids)
+    for g in range(n, 1, -1):
+        if n % g == 0 and (ids.reshape(n // g, g, -1) == ids[::g, None]).all():
+            return g
+    return 1
+
+
 def turn_sampler(run, params, key, width_multiple: int = 64, temperature: float | None = None):
     """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and to a power
     of two of rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
-    its eos. Buckets keep the compiled programs few as rollouts finish and contexts grow."""
+    its eos. Buckets keep the compiled programs few as rollouts finish and contexts grow; runs of equal contexts
+    (a prompt's G first turns) are prefilled once."""
     tok, calls = run.tokenizer, [0]
 
     def generate_turn(contexts: list[list[int]]) -> list[list[int]]:
@@ -109,7 +122,8 @@ def turn_sampler(run, params, key, width_multiple: int = 64, temperature: float 
         mask = np.zeros((len(rows), W), np.int32)
         for i, c in enumerate(rows):
             ids[i, W - len(c):], mask[i, W - len(c):] = c, 1
-        seqs, cmask = sample(run, params, ids, mask, jax.random.fold_in(key, calls[0]), temperature)
+        seqs, cmask = sample(run, params, ids, mask, jax.random.fold_in(key, calls[0]), temperature,
+                             prompt_groups=runs_of_equal_rows(ids))
         calls[0] += 1
         seqs, cmask = np.asarray(seqs)[:n, W:], np.asarray(cmask)[:n]
         return [list(s[:m.sum()]) for s, m in zip(seqs, cmask)]
@@ -132,8 +146,35 @@ def pack_trajectories(trajs: list[Trajectory], max_total_len: int, pad_id: int, 
     return out
 
 
-@partial(jax.jit, static_argnames=("model",))
-def sequence_logps(model, params, sequences, attention_mask):
-    """Log-prob of every next token, [N, T - 1]: position t predicts token t + 1."""
-    logits = model.apply({"params": params}, sequences[:, :-1], attention_mask=attention_mask[:, :-1]).logits
-    return losses.token_logprobs(logits, sequences[:, 1:])
+def response_windows(prompt_lens, T: int, width_multiple: int = 64) -> tuple[np.ndarray, int]:
+    """(starts int32 [N], R) for packed rows of T tokens: each row's R prediction positions (position t predicts
+    token t + 1) from the one before its first generated token; R is the longest span from there to the row's end,
+    bucketed, so every generated token of every row lies in its window (starts are moved back where a window
+    would pass the end)."""
+    starts = np.maximum(np.asarray(prompt_lens, np.int64) - 1, 0)
+    R = min(bucket(int((T - 1 - starts).max()), width_multiple), T - 1)
+    return np.minimum(starts, T - 1 - R).astype(np.int32), R
+
+
+def window(x, starts, R: int):
+    """x [N, S, ...] -> [N, R, ...]: row i's positions starts[i] .. starts[i] + R - 1."""
+    idx = jnp.asarray(starts)[:, None] + jnp.arange(R)                                  # [N, R]
+    return jnp.take_along_axis(jnp.asarray(x), idx.reshape(*idx.shape, *[1] * (jnp.ndim(x) - 2)), axis=1)
+
+
+def window_logps(model, params, sequences, attention_mask, starts, R: int, *, train: bool = False, rngs=None):
+    """(log-prob of each next token in the rows' windows [N, R], the MoE aux loss). The decoder runs over all
+    T - 1 positions; the output projection and softmax, most of a small model's cost at a 6,400-token
+    vocabulary, only over the R positions the loss reads."""
+    backbone = MiniMindModel(model.cfg, model.policy)
+    variables = {"params": params["model"]}
+    hidden, aux, _ = backbone.apply(variables, sequences[:, :-1], attention_mask[:, :-1], train, None,
+                                    rngs=rngs)                                           # [N, T-1, H]
+    logits = backbone.apply(variables, window(hidden, starts, R), method=MiniMindModel.lm_head)   # [N, R, V]
+    return losses.token_logprobs(logits, window(sequences[:, 1:], starts, R)), aux
+
+
+@partial(jax.jit, static_argnames=("model", "R"))
+def reference_logps(model, params, sequences, attention_mask, starts, R: int):
+    """`window_logps` of the frozen reference, [N, R]."""
+    return window_logps(model, params, sequences, attention_mask, starts, R)[0]

@@ -40,9 +40,9 @@ from train.mesh import process_rows, replicated, reshard, to_global, to_local
 
 # ---- sampling and scoring under a policy ---------------------------------------------------------------------------
 
-def sample(run, params, prompt_ids, prompt_mask, key, temperature: float | None = None):
+def sample(run, params, prompt_ids, prompt_mask, key, temperature: float | None = None, prompt_groups: int = 1):
     """[N, P] prompts -> (sequences int32 [N, P + R], completion_mask int32 [N, R]); `temperature` overrides the
-    rollout's (0: greedy, for evaluation)."""
+    rollout's (0: greedy, for evaluation); `prompt_groups`: generate's (runs of identical prompts)."""
     r, tok = run.config.rollout, run.tokenizer
     if r.dtype == "bfloat16":
         params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
@@ -52,7 +52,8 @@ def sample(run, params, prompt_ids, prompt_mask, key, temperature: float | None 
     params = jax.tree.map(lambda p: reshard(p, whole) if isinstance(p, jax.Array) else p, params)
     out = generate(run.model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), rng=key,
                    max_new_tokens=r.max_gen_len, temperature=r.temperature if temperature is None else temperature,
-                   top_k=r.top_k, top_p=r.top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+                   top_k=r.top_k, top_p=r.top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
+                   prompt_groups=prompt_groups)
     return out.sequences, out.completion_mask
 
 
@@ -60,8 +61,9 @@ def sample(run, params, prompt_ids, prompt_mask, key, temperature: float | None 
 def completion_logps(model, params, sequences, attention_mask, completion_mask):
     """Log-prob of each completion token, [N, R]; the logits at position t predict token t + 1."""
     R = completion_mask.shape[1]
-    logits = model.apply({"params": params}, sequences[:, :-1], attention_mask=attention_mask[:, :-1]).logits
-    return losses.token_logprobs(logits[:, -R:], sequences[:, -R:])     # [N, R]
+    logits = model.apply({"params": params}, sequences[:, :-1], attention_mask=attention_mask[:, :-1],
+                         logits_last=R).logits                                # [N, R, V]
+    return losses.token_logprobs(logits, sequences[:, -R:])             # [N, R]
 
 
 def attention_mask(prompt_mask, completion_mask):
@@ -81,8 +83,8 @@ def policy_logps(model, params, batch, key):
     seq, amask, cmask = batch["sequences"], batch["attention_mask"], batch["completion_mask"]
     R = cmask.shape[1]
     out = model.apply({"params": params}, seq[:, :-1], attention_mask=amask[:, :-1], train=True,
-                      rngs={"dropout": key})
-    return losses.token_logprobs(out.logits[:, -R:], seq[:, -R:]), out.aux_loss
+                      rngs={"dropout": key}, logits_last=R)
+    return losses.token_logprobs(out.logits, seq[:, -R:]), out.aux_loss
 
 
 # ---- rewards -------------------------------------------------------------------------------------------------------

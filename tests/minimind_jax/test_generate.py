@@ -142,6 +142,31 @@ def test_a_rows_draws_depend_on_its_key_alone(setup):
     assert not np.array_equal(hot(np.arange(3), keys[::-1]), together)
 
 
+def test_runs_of_one_prompt_prefilled_once_sample_as_if_each_were_prefilled(setup):
+    """prompt_groups=g (each prompt's cache computed once and copied to its g rows) gives exactly the
+    completions of prefilling every row, padded rows included; rows that are not runs are refused."""
+    cfg, model, params, ids, mask = setup
+    g = 4
+    keys = jax.random.split(jax.random.key(3), 3 * g)
+    rows = np.repeat(np.arange(3), g)
+    hot = lambda groups: generate(model, params, ids[rows], mask[rows], rng=keys, max_new_tokens=N,
+                                  temperature=1e3, eos_token_id=None, prompt_groups=groups)
+    each, shared = hot(1), hot(g)
+    np.testing.assert_array_equal(shared.sequences, each.sequences)
+    assert len({tuple(r) for r in np.asarray(each.sequences)[:g, P:]}) > 1     # the g rollouts do differ
+    with pytest.raises(ValueError, match="prompt_groups"):
+        generate(model, params, ids, mask, temperature=0.0, prompt_groups=2)
+
+
+def test_runs_of_equal_rows():
+    from train.multiturn import runs_of_equal_rows
+    a, b = [1, 2, 3], [1, 2, 4]
+    assert runs_of_equal_rows(np.array([a, a, a, b, b, b])) == 3
+    assert runs_of_equal_rows(np.array([a, a, b, b, b, b])) == 2
+    assert runs_of_equal_rows(np.array([a, b, a, b])) == 1
+    assert runs_of_equal_rows(np.array([a, a, a, a])) == 4
+
+
 def test_generate_under_an_outer_jit(setup):
     cfg, model, params, ids, mask = setup
     outer = jax.jit(lambda p, ids, m: greedy(model, p, ids, m).sequences)

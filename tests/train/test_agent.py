@@ -113,6 +113,27 @@ def test_thinking_is_drawn_per_rollout_from_the_row_alone(tok, tmp_path):
     assert with_thinking(prompt(closed), False, False, gen) == prompt(closed)
 
 
+def test_window_logps_are_the_full_forward_where_the_loss_reads():
+    """The loss's log-probs, computed only in each row's response window, equal the full forward's there, and
+    every generated position of every row lies in its window."""
+    import jax
+    from minimind_jax import MiniMindConfig, MiniMindForCausalLM
+    from losses import token_logprobs
+    from train.multiturn import response_windows, window, window_logps
+    model = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny", generation=3))
+    T, lens, prompt_lens = 48, np.array([30, 48, 41]), np.array([12, 40, 20])
+    seq = np.array(jax.random.randint(jax.random.PRNGKey(0), (3, T), 3, 6400), np.int32)
+    amask = (np.arange(T) < lens[:, None]).astype(np.int32)
+    seq[amask == 0] = 0
+    params = model.init(jax.random.PRNGKey(1), seq[:, :8])["params"]
+    starts, R = response_windows(prompt_lens, T, width_multiple=8)
+    assert R < T - 1 and np.all(starts <= prompt_lens - 1) and np.all(starts + R >= lens - 1)
+    full = token_logprobs(model.apply({"params": params}, seq[:, :-1], amask[:, :-1]).logits, seq[:, 1:])
+    logps, aux = window_logps(model, params, seq, amask, starts, R)
+    assert logps.shape == (3, R) and float(aux) == 0.0
+    np.testing.assert_allclose(logps, window(full, starts, R), rtol=1e-5, atol=1e-5)
+
+
 def test_agent_stage_runs_two_steps(tmp_path):
     records = train(tmp_path, "agent", *G3, "--max_steps", "2", "--batch_size", "2", "--num_generations", "2",
                     "--max_gen_len", "8", "--max_seq_len", "512", "--max_total_len", "600")

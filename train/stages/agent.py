@@ -22,7 +22,8 @@ import losses
 from losses.rewards3 import agent_reward
 from minimind_jax.template3 import ASSISTANT_START, EMPTY_THINK, OPEN_THINK
 from train import rng
-from train.multiturn import agent_rollouts, bucket, pack_trajectories, sequence_logps, turn_sampler
+from train.multiturn import (agent_rollouts, bucket, pack_trajectories, reference_logps, response_windows,
+                             turn_sampler, window, window_logps)
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference
 from train.tools import registry
@@ -89,10 +90,12 @@ def prepare(run, state, frozen, arrays, host, step):
     t0 = time.perf_counter()
     longest = max(min(len(t.context), r3.max_total_len) for t in trajs)
     packed = pack_trajectories(trajs, r3.max_total_len, tok.pad_id, width=min(bucket(longest, 64), r3.max_total_len))
-    seq, amask = packed["sequences"], packed["attention_mask"]
+    seq, amask = packed["sequences"], packed["attention_mask"]                             # [N, T]
     loss_mask = losses.spans_through_first_eos(seq[:, 1:], packed["response_mask"][:, 1:], tok.eos_id)   # [N, T-1]
-    batch = {"sequences": seq, "attention_mask": amask, "loss_mask": np.asarray(loss_mask),
-             "ref_logps": np.asarray(sequence_logps(run.model, frozen["ref"], seq, amask)),
+    starts, R = response_windows(packed["prompt_lens"], seq.shape[1])
+    batch = {"sequences": seq, "attention_mask": amask, "starts": starts,
+             "loss_mask": np.asarray(window(loss_mask, starts, R)),                          # [N, R]
+             "ref_logps": np.asarray(reference_logps(run.model, frozen["ref"], seq, amask, starts, R)),
              "advantages": np.asarray(losses.group_advantages(rewards, G)), "rewards": rewards}
     batch = jax.tree.map(lambda x: np.asarray(x).reshape(A, B * G, *np.shape(x)[1:]), batch)
 
@@ -112,16 +115,15 @@ def make_loss(run):
     model, r3, beta = run.model, run.config.rl3, run.config.objective.beta
 
     def loss_fn(params, batch, key, frozen, extra):
-        seq, amask = batch["sequences"], batch["attention_mask"]
-        out = model.apply({"params": params}, seq[:, :-1], attention_mask=amask[:, :-1], train=True,
-                          rngs={"dropout": key})
-        logps = losses.token_logprobs(out.logits, seq[:, 1:])                                 # [N, T-1]
+        R = batch["loss_mask"].shape[-1]
+        logps, aux = window_logps(model, params, batch["sequences"], batch["attention_mask"], batch["starts"], R,
+                                  train=True, rngs={"dropout": key})                     # [N, R]
         pg, metrics = losses.group_policy_loss(logps, None, batch["ref_logps"], batch["advantages"],
                                                batch["loss_mask"], beta=beta, loss_type=r3.loss_type,
                                                epsilon=r3.epsilon, epsilon_high=r3.epsilon_high,
                                                skip_empty_rows=True, return_metrics=True)
-        loss = pg + out.aux_loss
-        return loss, {"loss": loss, "policy_loss": pg, "aux_loss": out.aux_loss, **metrics}
+        loss = pg + aux
+        return loss, {"loss": loss, "policy_loss": pg, "aux_loss": aux, **metrics}
 
     return loss_fn
 
