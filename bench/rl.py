@@ -5,11 +5,13 @@ Two tables: the engine's GRPO (8 generations) and SPO steps, and the sampler alo
 reference's (HF-generate-style PyTorch loop with a KV cache, bench/torch_reference.py) in the same run.
 
     python -m bench.rl             # speed
+    python -m bench.rl --agent     # the agent stage learns tool use: held-out accuracy, step split, rollout speed
 
 Whether RL learns, and how the methods compare, are experiments: `python -m experiments.rl_learn` and
-`python -m experiments.rl_compare`. The steps are the engine's own (train.engine.setup), from a random-init model
-that rarely emits eos, so every
-completion runs to full length: the worst case for the sampler.
+`python -m experiments.rl_compare`; `--agent` runs `experiments.agent_learn` (MiniMind-3's multi-turn tool-use RL
+from the tiny pipeline's SFT model; its flags: `--agent --help`). The steps are the engine's own
+(train.engine.setup), from a random-init model that rarely emits eos, so every completion runs to full length: the
+worst case for the sampler.
 """
 import argparse
 import sys
@@ -90,6 +92,9 @@ def sampler_rows(preset: str, batch: int, prompt: int, new: int, bandwidth: floa
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--agent" in argv:
+        from experiments import agent_learn
+        return agent_learn.main([x for x in argv if x != "--agent"], out="bench/results/rl_agent.json")
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default="small")
     p.add_argument("--gen", type=int, default=256)
@@ -98,7 +103,8 @@ def main(argv=None):
     p.add_argument("--sampler_batch", type=int, default=4)
     p.add_argument("--no_torch", action="store_true", help="skip the reference sampler")
     p.add_argument("--bandwidth", type=float, default=MEMORY_BANDWIDTH)
-    p.add_argument("--out", default="bench/results/rl.json")
+    p.add_argument("--agent", action="store_true", help="the agent study instead (its flags: --agent --help)")
+    p.add_argument("--json", "--out", dest="out", default="bench/results/rl.json")
     p.add_argument("--out_dir", default="/tmp/minimind_bench_rl")
     a = p.parse_args(argv)
     rows = []

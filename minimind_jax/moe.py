@@ -1,4 +1,4 @@
-"""The routed experts of an MoE layer: sum_j w_j * expert_{e_j}(x) over each token's top-k picks, four ways.
+"""The routed experts of an MoE layer: sum_j w_j * expert_{e_j}(x) over each token's top-k picks, five ways.
 
 All take x [N, H], the stacked SwiGLU weights w_gate/w_up [E, H, I], w_down [E, I, H] and the routing
 topk_weight/topk_idx [N, k], and return [N, H] float32; products run in x's dtype and accumulate in float32.
@@ -10,6 +10,9 @@ topk_weight/topk_idx [N, k], and return [N, H] float32; products run in x's dtyp
              with a capacity factor the overflow is dropped instead (reported as the dropped fraction)
     block    pairs sorted by expert into blocks of `block` rows, a batched matmul over the blocks with each
              block's expert's weights gathered (exact for any routing; the slab path's fallback)
+    sorted   tokens (not weights) gathered into one array sorted by expert, each expert's run read in windows by
+             loops of 2-D dots on its weights in place: the routed FLOPs plus under 64 rows per expert, exact for
+             any routing, no scatter-add either way, a written-out backward. The CPU's choice for many tokens
     grouped  pairs sorted by expert, one grouped matmul (jax.lax.ragged_dot) per projection over the group
              sizes: accelerators. On XLA:CPU ragged_dot is lowered to a masked dense product (E times the
              FLOPs), so the CPU never chooses it
@@ -29,8 +32,8 @@ from minimind_jax import dots
 F32 = jnp.float32
 IMPLS = ("dense", "slab", "block", "sorted", "grouped")
 
-# Force one implementation ("dense", "slab", "block" or "grouped"); None chooses (`choose`). Read when a function is
-# traced. MINIMIND_MOE sets its default.
+# Force one implementation (one of IMPLS); None chooses (`choose`). Read when a function is traced. MINIMIND_MOE sets
+# its default.
 IMPL: str | None = os.environ.get("MINIMIND_MOE") or None
 BLOCK = 256             # rows per block of the block path
 WINDOWS = (256, 64)     # the sorted path's window sizes (`_windows`)

@@ -22,8 +22,9 @@ TINY = {
 }
 
 
-# MiniMind-3's chat rows carry tool schemas (~130 tokens each) and think blocks: a longer window keeps their answers.
-TINY3 = {"full_sft": dict(max_seq_len=256), "lora": dict(max_seq_len=256), "distillation": dict(max_seq_len=256),
+# MiniMind-3's chat rows carry tool schemas (~130 tokens each) and think blocks: a longer window keeps their answers,
+# and SFT sees the sample's tool conversations (~470 tokens) whole.
+TINY3 = {"full_sft": dict(max_seq_len=512), "lora": dict(max_seq_len=256), "distillation": dict(max_seq_len=256),
          "dpo": dict(max_seq_len=256), "ppo": dict(max_seq_len=128), "grpo": dict(max_seq_len=128)}
 
 

@@ -135,12 +135,21 @@ def test_window_logps_are_the_full_forward_where_the_loss_reads():
 
 
 def test_agent_stage_runs_two_steps(tmp_path):
+    """Two steps with a --reward_fn, which sees each rollout's prompt and turns as text and its row's gt list,
+    and whose score is added as the part 'custom'."""
+    user = tmp_path / "user_reward.py"
+    user.write_text("def gt_count(prompts, responses, answers):\n"
+                    "    assert all(isinstance(x, str) for x in prompts + responses)\n"
+                    "    assert all(isinstance(a, list) and a for a in answers)\n"
+                    "    return [float(len(a)) for a in answers]\n")
     records = train(tmp_path, "agent", *G3, "--max_steps", "2", "--batch_size", "2", "--num_generations", "2",
-                    "--max_gen_len", "8", "--max_seq_len", "512", "--max_total_len", "600")
+                    "--max_gen_len", "8", "--max_seq_len", "512", "--max_total_len", "600",
+                    "--reward_fn", f"{user}:gt_count")
     assert len(records) == 2
     for r in records:
         for key in ("loss", "reward", "tool_calls", "tool_error_rate", "turns", "rollout_s", "tools_s", "update_s"):
             assert np.isfinite(r[key])
+        assert r["reward_custom"] >= 1 and r["reward"] >= r["reward_custom"] - 3     # upstream's part is >= -3
     assert (tmp_path / "agent_64" / "weights.safetensors").exists()
 
 
@@ -159,3 +168,33 @@ def test_minimind3_rl_resumes_exactly(tmp_path, stage, flags):
     assert resumed[-1]["step"] == 3
     assert resumed[-1]["loss"] == pytest.approx(whole[-1]["loss"], rel=1e-5, abs=1e-7)
     assert resumed[-1]["reward"] == whole[-1]["reward"]
+
+
+
+def test_the_agent_study_data_never_shows_a_prompts_answer_in_the_warm_up(tmp_path):
+    """data/build_agent3.py: the same seed writes the same bytes; no arithmetic agent prompt's expression is
+    called in a warm-up row, and its gt is what the sandboxed calculator returns for it."""
+    import importlib.util
+    import re
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("build_agent3", Path(__file__).resolve().parents[2] / "data" /
+                                                  "build_agent3.py")
+    build_agent3 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_agent3)
+    sizes = {"agent": 200, "agent_sft": 100, "agent_copy": 300}
+    a, b = build_agent3.write(tmp_path / "a", 3, sizes), build_agent3.write(tmp_path / "b", 3, sizes)
+    assert all(a[k].read_bytes() == b[k].read_bytes() for k in a)
+    rows = {k: [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()] for k, p in a.items()}
+    assert {k: len(v) for k, v in rows.items()} == sizes
+    called = {c["arguments"].get("expression") for k in ("agent_sft", "agent_copy") for r in rows[k]
+              for m in r["conversations"] if m.get("tool_calls") for c in json.loads(m["tool_calls"])}
+    tools, _ = registry(None)
+    math = 0
+    for row in rows["agent"]:
+        found = re.search(r"\(?\d( [-+*] \(?\d\)?)+", row["conversations"][1]["content"])
+        if found and "公里" not in row["conversations"][1]["content"]:
+            math += 1
+            assert found.group() not in called, found.group()
+            result, ok = run_tool(tools, "calculate_math", {"expression": found.group()})
+            assert ok and row["gt"][0] in result, (found.group(), result, row["gt"])
+    assert math > 100

@@ -5,7 +5,9 @@ drawing its own open or closed think block (as upstream does, once per rollout).
 advance one turn per batched sampler call; the tool calls of a turn run on the host, sandboxed (train/tools.py),
 and their results are appended as observation tokens before the next turn. The loss trains every generated token
 (each turn through its eos) and none of the prompt or observation tokens. The reward (losses/rewards3.py:
-agent_reward) scores the tool calls against the row's `gt` facts and the final answer.
+agent_reward) scores the tool calls against the row's `gt` facts and the final answer; a `--reward_fn` adds its
+score, called as fn(prompts, responses, answers) with each rollout's generated turns joined by newlines as its
+response and the row's `gt` list as its answer.
 
 One update per rollout, from the weights that sampled it: the ratio is 1 in value (no old-policy copy), so the
 update is the policy gradient weighted by the group advantages, plus beta times k3 to the frozen reference.
@@ -24,6 +26,7 @@ from minimind_jax.template3 import ASSISTANT_START, EMPTY_THINK, OPEN_THINK
 from train import rng
 from train.multiturn import (agent_rollouts, bucket, pack_trajectories, reference_logps, response_windows,
                              turn_sampler, window, window_logps)
+from train.rollout import load_reward_fn
 from train.stage import Stage, rl_schedule
 from train.stages.common import init_with_reference
 from train.tools import registry
@@ -35,6 +38,9 @@ THINKING_RATIO = 0.1            # the reference's chance of an open think block,
 @functools.lru_cache(maxsize=4)
 def _tools(spec: str | None):
     return registry(spec)
+
+
+_user_reward = functools.lru_cache(maxsize=4)(load_reward_fn)      # imported once per run, not per step
 
 
 def tool_names(tools) -> set[str]:
@@ -60,12 +66,18 @@ def with_thinking(prompt: list[int], drawn: bool, think: bool, generation) -> li
     return prompt[:len(prompt) - len(generation[int(drawn)])] + list(generation[int(think)])
 
 
-def score(trajs, gt, offered, checks, G: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(rewards float32 [N], {part: float32 [N]}) of N = B * G trajectories, rollout i from prompt i // G."""
+def score(trajs, gt, offered, checks, G: int, user=None, prompts=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rewards float32 [N], {part: float32 [N]}) of N = B * G trajectories, rollout i from prompt i // G; `user`
+    (a --reward_fn, given the N prompt texts) adds its part 'custom'."""
     scored = [agent_reward(t.turns, gt[i // G], offered[i // G], t.unfinished, checks) for i, t in enumerate(trajs)]
     names = sorted({k for _, parts in scored for k in parts})
     parts = {k: np.array([p.get(k, 0.0) for _, p in scored], np.float32) for k in names}
-    return np.array([r for r, _ in scored], np.float32), parts
+    rewards = np.array([r for r, _ in scored], np.float32)
+    if user is not None:
+        answers = [list(gt[i // G]) for i in range(len(trajs))]
+        parts["custom"] = np.asarray(user(prompts, ["\n".join(t.turns) for t in trajs], answers), np.float32)
+        rewards = rewards + parts["custom"]
+    return rewards, parts
 
 
 def prepare(run, state, frozen, arrays, host, step):
@@ -85,7 +97,9 @@ def prepare(run, state, frozen, arrays, host, step):
     sampler = turn_sampler(run, state.params, sample_key)
     trajs, times = agent_rollouts(sampler, tok, prompts, thinking, tools, max_turns=r3.max_turns,
                                   max_total_len=r3.max_total_len, timeout=r3.tool_timeout)
-    rewards, parts = score(trajs, host["gt"], [tool_names(t) for t in host["tools"]], checks, G)
+    user = _user_reward(c.reward.reward_fn) if c.reward.reward_fn else None
+    rewards, parts = score(trajs, host["gt"], [tool_names(t) for t in host["tools"]], checks, G, user,
+                           [tok.decode(p) for p in prompts] if user else None)
 
     t0 = time.perf_counter()
     longest = max(min(len(t.context), r3.max_total_len) for t in trajs)
