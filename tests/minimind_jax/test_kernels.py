@@ -46,7 +46,7 @@ def test_choose_by_backend():
     assert attention.choose(bf16, 64, dropout=True, backend="gpu") == "grouped"      # our dropout masks
     assert attention.choose(f32, 64, backend="gpu") == "xla"                          # cuDNN is bf16/fp16 only
     assert attention.choose(bf16, 64, backend="tpu") == "xla"
-    assert moe.choose(2720, 4, 2, backend="gpu") == "grouped" and moe.choose(2720, 4, 2, backend="cpu") == "block"
+    assert moe.choose(2720, 4, 2, backend="gpu") == "grouped" and moe.choose(2720, 4, 2, backend="cpu") == "sorted"
     assert moe.choose(4, 4, 2, backend="cpu") == "dense"
     with impls("xla", "block"):
         assert attention.choose(bf16, 64, backend="cpu") == "xla" and moe.choose(4, 4, 2) == "block"
