@@ -28,9 +28,9 @@ sys.path.insert(0, str(HERE))
 import tools3  # noqa: E402
 
 SIZES = {"agent": 1200, "agent_sft": 800, "agent_copy": 4000}
-# Half the arithmetic questions open with the expression: its first number is then spelt with the same tokens as in
-# the call's JSON string ("93 + 92" -> '9', '3'), where after a word it starts with a space token (' 9', '3'), a
-# mapping a tiny model learns late. Both kinds stay, so there is something left for RL to learn.
+# Half the arithmetic questions open with the expression: its first number is then the same token as in the call's
+# JSON string ("7 + 3 + 4" -> '7'), where after a word it is another token (' 7'), a mapping a tiny model learns
+# late. Both kinds stay, so there is something left for RL to learn.
 EN_MATH = ["{} = ?", "{} equals what?", "What is {}?", "Please compute {} for me."]
 ZH_MATH = ["{}等于多少？", "{} 的结果是多少？", "帮我算一下 {}", "计算 {}"]
 EN_CONVERT = ["How many {d} is {v} {s}?", "Convert {v} {s} to {d}.", "What is {v} {s} in {d}?"]
