@@ -10,9 +10,9 @@
    data/build_agent3.py, none of them on a held-out task: first without the tools block (~110-token rows, cheap:
    the model learns to copy the numbers), then in the agent prompts' own format. The warm-up stops early on
    purpose, leaving most answers wrong.
-3. The agent stage (CISPO, group advantages, sandboxed tools, upstream's reward of losses/rewards3.agent_reward,
-   plus exact_answer below through --reward_fn with --answer_reward 1) from the warm-up model on the generated prompts, every 10th of
-   them held out.
+3. The agent stage (CISPO, group advantages, sandboxed tools; --reward: upstream's reward of
+   losses/rewards3.agent_reward, that plus exact_answer below through --reward_fn, or exact_answer alone) from the
+   warm-up model on the generated prompts, every --every-th of them held out.
 
 Measured on the held-out prompts by greedy rollouts, before and after RL: the fraction answered correctly (a tool
 call, then every gt fact in the final answer) with its standard error, the fraction whose first turn makes a
@@ -53,9 +53,9 @@ WARM_UP = [*COMMON, "--empty_think_ratio", "1", "--add_system_ratio", "0"]
 
 def exact_answer(prompts: list[str], responses: list[str], answers: list[list[str]]) -> list[float]:
     """The study's --reward_fn: 2.5 for a rollout that called a tool and whose final answer (after its last
-    `</tool_call>`) states every gt fact, else 0. Added to upstream's agent reward, under which a wrong call
-    scores no more than a direct reply and a reply with a think block of its own (+1.25) more: RL then drifts
-    away from calling the tools at all."""
+    `</tool_call>`) states every gt fact, else 0. Under upstream's agent reward alone a wrong call scores no more
+    than a direct reply, and a reply with a think block of its own (+1.25) more: RL then drifts away from calling
+    the tools at all. Alone (--reward answer) a rollout scores only by being right."""
     def right(response, gt):
         final = response.split("</tool_call>")[-1]
         return "</tool_call>" in response and len(facts_found(final, gt)) == len(gt)
@@ -106,10 +106,10 @@ def warm_up(start: Path, data: dict[str, Path], work: Path, phases: list[dict], 
     return out
 
 
-def held_out(path: Path, tokenizer, n: int) -> dict:
-    """The first n held-out prompts (every 10th row), thinking closed."""
+def held_out(path: Path, tokenizer, n: int, every: int) -> dict:
+    """The first n held-out prompts (every `every`-th row), thinking closed."""
     ds = open_dataset("agent", path, tokenizer, 512, seed=0, thinking_ratio=0.0)
-    return ds.batch(held_out_split(len(ds))[1][:n])
+    return ds.batch(held_out_split(len(ds), every)[1][:n])
 
 
 def rollouts(run, params, rows: dict, *, batched: bool, repeat: int = 1, temperature: float = 0.0, seed: int = 0):
@@ -200,15 +200,16 @@ def learn(a) -> dict:
          "--max_steps", str(a.steps), "--batch_size", str(a.batch), "--num_generations", str(a.G),
          "--learning_rate", str(a.lr), "--max_gen_len", str(a.gen), "--max_turns", "2", "--max_total_len", "640",
          "--rollout_temperature", str(a.temperature), "--beta", str(a.beta), "--log_interval", "5",
-         *(["--reward_fn", f"{Path(__file__).resolve()}:exact_answer"] if a.answer_reward else []),
+         *(["--reward_fn", f"{Path(__file__).resolve()}:exact_answer"] if a.reward != "upstream" else []),
+         "--rule_reward", str(int(a.reward != "answer")),
          "--save_interval", "100000", "--seed", str(a.seed)])
     stage, config = config_of(flags)
-    stage = dataclasses.replace(stage, train_rows=lambda n: held_out_split(n)[0])
+    stage = dataclasses.replace(stage, train_rows=lambda n: held_out_split(n, a.every)[0])
     records, found = [], {}
 
     def callback(session, step, record):
         if step == 0:
-            rows = held_out(data["agent"], session.run.tokenizer, a.eval)
+            rows = held_out(data["agent"], session.run.tokenizer, a.eval, a.every)
             found.update(rows=rows, before=evaluate(session.run, session.state.params, rows))
             speed_rows = {k: v[:a.speed_prompts] for k, v in rows.items()}
             found["speed"] = throughput(session.run, session.state.params, speed_rows, a.G)
@@ -249,10 +250,11 @@ def parser(out: str = "experiments/results/agent_learn.json") -> argparse.Argume
                    "calling the tools within 25-50 steps)")
     p.add_argument("--beta", type=float, default=0.02, help="KL coefficient to the warm-up model")
     p.add_argument("--temperature", type=float, default=0.7, help="rollout sampling temperature")
-    p.add_argument("--eval", type=int, default=120, help="held-out prompts (the generated file holds 120)")
+    p.add_argument("--every", type=int, default=4, help="hold out every n-th prompt of the generated file (1,200)")
+    p.add_argument("--eval", type=int, default=300, help="held-out prompts evaluated (at most 1,200 / --every)")
     p.add_argument("--speed_prompts", type=int, default=4, help="prompts (x G rollouts) of the throughput timing")
-    p.add_argument("--answer_reward", type=int, default=0, choices=[0, 1],
-                   help="1: add exact_answer (--reward_fn) to upstream's agent reward")
+    p.add_argument("--reward", default="upstream", choices=["upstream", "upstream+answer", "answer"],
+                   help="upstream's agent reward, that plus exact_answer (--reward_fn), or exact_answer alone")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data_seed", type=int, default=0, help="seed of the generated tasks")
     p.add_argument("--work", type=Path, default=Path("/tmp/minimind_agent_learn"))

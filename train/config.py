@@ -123,11 +123,14 @@ class RewardConfig:
     answer_weight: float = 1.0      # exact-answer reward on rows with an answer
     reward_model: str | None = None # NAME or path of a reward model (train it with --stage reward)
     reward_fn: str | None = None    # module:function(prompts, responses, answers) -> float[B], added
+    rule_reward: bool = True        # agent: upstream's rule reward; off, --reward_fn alone scores the rollouts
 
     def __post_init__(self):
         _non_negative("answer_reward", self.answer_weight)
         if self.reward_fn is not None and ":" not in self.reward_fn:
             raise UsageError(f"--reward_fn {self.reward_fn}: expected module:function")
+        if not self.rule_reward and self.reward_fn is None:
+            raise UsageError("--rule_reward 0: nothing would score the rollouts; give a --reward_fn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +308,8 @@ class TrainConfig:
                                   temperature=a.rollout_temperature, top_p=_given(a.rollout_top_p, RolloutConfig.top_p),
                                   top_k=_given(a.rollout_top_k, RolloutConfig.top_k), dtype=a.rollout_dtype),
             reward=RewardConfig(reasoning=bool(a.reasoning), answer_weight=a.answer_reward,
-                                reward_model=a.reward_model, reward_fn=a.reward_fn),
+                                reward_model=a.reward_model, reward_fn=a.reward_fn,
+                                rule_reward=bool(a.rule_reward)),
             lora=LoraConfig(name=a.lora_name, rank=LoraConfig.rank if a.lora_rank is None else a.lora_rank,
                             init=a.lora_init),
             distill=DistillConfig(alpha=a.alpha, temperature=a.temperature,

@@ -9,8 +9,10 @@ import pytest
 
 from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from tests.train.helpers import train
-from train.multiturn import agent_rollouts, pack_trajectories
-from train.stages.agent import draw_thinking, generation_prompts, with_thinking
+from train.multiturn import Trajectory, agent_rollouts, pack_trajectories
+from train.config import RewardConfig
+from train.errors import UsageError
+from train.stages.agent import draw_thinking, generation_prompts, score, with_thinking
 from train.tools import registry, run_tool
 
 G3 = ["--minimind", "3", "--from_weight", "none"]
@@ -151,6 +153,23 @@ def test_agent_stage_runs_two_steps(tmp_path):
             assert np.isfinite(r[key])
         assert r["reward_custom"] >= 1 and r["reward"] >= r["reward_custom"] - 3     # upstream's part is >= -3
     assert (tmp_path / "agent_64" / "weights.safetensors").exists()
+
+
+def test_rule_reward_off_leaves_the_user_function_alone():
+    """--rule_reward 0: a rollout's reward is exactly the --reward_fn's score (a right call and answer, and a
+    direct reply, score 1 and 0 by the user's rule whatever upstream's reward gives them); without a --reward_fn
+    it is refused, since nothing would score the rollouts."""
+    call = '<tool_call>{"name": "calculate_math", "arguments": {"expression": "2 + 3"}}</tool_call>'
+    trajs = [Trajectory([], False, turns=[call, "The result is 5."], calls=1), Trajectory([], False, turns=["The answer is 5."])]
+    user = lambda prompts, responses, answers: [float("</tool_call>" in r) for r in responses]
+    checks = registry()[1]
+    with_rule, parts = score(trajs, [["5"]], [{"calculate_math"}], checks, 2, user, ["q", "q"])
+    alone, only = score(trajs, [["5"]], [{"calculate_math"}], checks, 2, user, ["q", "q"], rule=False)
+    np.testing.assert_array_equal(alone, [1.0, 0.0])
+    assert set(only) == {"custom"} and {"custom", "gt", "format"} <= set(parts)
+    np.testing.assert_array_equal(with_rule, alone + [3.0, 0.5 + parts["repetition"][1]])
+    with pytest.raises(UsageError, match="--rule_reward 0"):
+        RewardConfig(rule_reward=False)
 
 
 @pytest.mark.parametrize("stage,flags", [

@@ -5,9 +5,9 @@ drawing its own open or closed think block (as upstream does, once per rollout).
 advance one turn per batched sampler call; the tool calls of a turn run on the host, sandboxed (train/tools.py),
 and their results are appended as observation tokens before the next turn. The loss trains every generated token
 (each turn through its eos) and none of the prompt or observation tokens. The reward (losses/rewards3.py:
-agent_reward) scores the tool calls against the row's `gt` facts and the final answer; a `--reward_fn` adds its
-score, called as fn(prompts, responses, answers) with each rollout's generated turns joined by newlines as its
-response and the row's `gt` list as its answer.
+agent_reward) scores the tool calls against the row's `gt` facts and the final answer. A `--reward_fn` adds its
+score, or with `--rule_reward 0` is the whole reward; it is called as fn(prompts, responses, answers), each
+rollout's generated turns joined by newlines as its response and the row's `gt` list as its answer.
 
 One update per rollout, from the weights that sampled it: the ratio is 1 in value (no old-policy copy), so the
 update is the policy gradient weighted by the group advantages, plus beta times k3 to the frozen reference.
@@ -66,10 +66,12 @@ def with_thinking(prompt: list[int], drawn: bool, think: bool, generation) -> li
     return prompt[:len(prompt) - len(generation[int(drawn)])] + list(generation[int(think)])
 
 
-def score(trajs, gt, offered, checks, G: int, user=None, prompts=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(rewards float32 [N], {part: float32 [N]}) of N = B * G trajectories, rollout i from prompt i // G; `user`
-    (a --reward_fn, given the N prompt texts) adds its part 'custom'."""
-    scored = [agent_reward(t.turns, gt[i // G], offered[i // G], t.unfinished, checks) for i, t in enumerate(trajs)]
+def score(trajs, gt, offered, checks, G: int, user=None, prompts=None,
+          rule: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rewards float32 [N], {part: float32 [N]}) of N = B * G trajectories, rollout i from prompt i // G: the rule
+    reward's parts unless `rule` is off, and `user`'s (a --reward_fn, given the N prompt texts) as part 'custom'."""
+    scored = [agent_reward(t.turns, gt[i // G], offered[i // G], t.unfinished, checks) if rule else (0.0, {})
+              for i, t in enumerate(trajs)]
     names = sorted({k for _, parts in scored for k in parts})
     parts = {k: np.array([p.get(k, 0.0) for _, p in scored], np.float32) for k in names}
     rewards = np.array([r for r, _ in scored], np.float32)
@@ -99,7 +101,7 @@ def prepare(run, state, frozen, arrays, host, step):
                                   max_total_len=r3.max_total_len, timeout=r3.tool_timeout)
     user = _user_reward(c.reward.reward_fn) if c.reward.reward_fn else None
     rewards, parts = score(trajs, host["gt"], [tool_names(t) for t in host["tools"]], checks, G, user,
-                           [tok.decode(p) for p in prompts] if user else None)
+                           [tok.decode(p) for p in prompts] if user else None, rule=c.reward.rule_reward)
 
     t0 = time.perf_counter()
     longest = max(min(len(t.context), r3.max_total_len) for t in trajs)
