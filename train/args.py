@@ -171,8 +171,8 @@ def parser() -> argparse.ArgumentParser:
     add("--tools", default=None, help="agent: module:registry or file.py:registry of extra tools (runs your code)")
     add("--tool_timeout", type=float, default=1.0, help="agent: seconds one tool call may take")
     add("--rule_reward", type=int, default=1, choices=[0, 1],
-        help="agent: 1: upstream's rule reward (calls against gt, the final answer, format), plus any --reward_fn; "
-             "0: the --reward_fn alone")
+        help="MiniMind-3 RL: 1: upstream's rule reward (agent: calls against gt, the final answer, format), plus "
+             "any --reward_fn; 0: the --reward_fn (and a --reward_model) alone")
     return p
 
 

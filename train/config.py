@@ -123,7 +123,7 @@ class RewardConfig:
     answer_weight: float = 1.0      # exact-answer reward on rows with an answer
     reward_model: str | None = None # NAME or path of a reward model (train it with --stage reward)
     reward_fn: str | None = None    # module:function(prompts, responses, answers) -> float[B], added
-    rule_reward: bool = True        # agent: upstream's rule reward; off, --reward_fn alone scores the rollouts
+    rule_reward: bool = True        # MiniMind-3's rule reward; off, --reward_fn alone scores the rollouts
 
     def __post_init__(self):
         _non_negative("answer_reward", self.answer_weight)
@@ -281,6 +281,11 @@ class TrainConfig:
     objective: ObjectiveConfig = ObjectiveConfig()
     spo_paper: SPOPaperConfig = SPOPaperConfig()
     rl3: RL3Config = RL3Config()
+
+    def __post_init__(self):
+        if not self.reward.rule_reward and self.model.generation != 3:
+            raise UsageError("--rule_reward 0: turns off MiniMind-3's rule reward; at --minimind 2 the rule parts "
+                             "are --reasoning 0 and --answer_reward 0")
 
     @classmethod
     def from_flags(cls, a: Namespace) -> "TrainConfig":

@@ -142,8 +142,8 @@ def make_scorer(config: TrainConfig, tokenizer):
     """(prompts, responses, answers) -> (total float32 [N], {part: float32 [N]}), built once per run.
 
     The rule parts follow the model's generation: MiniMind-2's format/tag and exact-answer rewards, a reward model
-    mixed 0.4/0.6 with the answer-only score in reasoning mode; MiniMind-3's rule reward and a reward model's score
-    clipped to [-3, 3]. A user function (--reward_fn) adds to either."""
+    mixed 0.4/0.6 with the answer-only score in reasoning mode; MiniMind-3's rule reward (unless --rule_reward 0)
+    and a reward model's score clipped to [-3, 3]. A user function (--reward_fn) adds to either."""
     from losses import rewards3
     rc, generation = config.reward, config.model.generation
     rm = reward_model_scorer(config, tokenizer) if rc.reward_model else None
@@ -151,7 +151,7 @@ def make_scorer(config: TrainConfig, tokenizer):
 
     def rule_parts(prompts, responses, answers) -> dict:
         if generation == 3:
-            parts = {"rule": rewards3.rule_rewards(responses)}
+            parts = {"rule": rewards3.rule_rewards(responses)} if rc.rule_reward else {}
             if rm is not None:
                 parts["rm"] = np.clip(np.asarray(rm([p + r for p, r in zip(prompts, responses)]), np.float32), -3, 3)
             return parts

@@ -9,9 +9,9 @@ import pytest
 
 from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from tests.train.helpers import train
-from train.multiturn import Trajectory, agent_rollouts, pack_trajectories
 from train.config import RewardConfig
 from train.errors import UsageError
+from train.multiturn import Trajectory, agent_rollouts, pack_trajectories
 from train.stages.agent import draw_thinking, generation_prompts, score, with_thinking
 from train.tools import registry, run_tool
 
@@ -160,7 +160,8 @@ def test_rule_reward_off_leaves_the_user_function_alone():
     direct reply, score 1 and 0 by the user's rule whatever upstream's reward gives them); without a --reward_fn
     it is refused, since nothing would score the rollouts."""
     call = '<tool_call>{"name": "calculate_math", "arguments": {"expression": "2 + 3"}}</tool_call>'
-    trajs = [Trajectory([], False, turns=[call, "The result is 5."], calls=1), Trajectory([], False, turns=["The answer is 5."])]
+    trajs = [Trajectory([], False, turns=[call, "The result is 5."], calls=1),
+             Trajectory([], False, turns=["The answer is 5."])]
     user = lambda prompts, responses, answers: [float("</tool_call>" in r) for r in responses]
     checks = registry()[1]
     with_rule, parts = score(trajs, [["5"]], [{"calculate_math"}], checks, 2, user, ["q", "q"])
@@ -170,6 +171,25 @@ def test_rule_reward_off_leaves_the_user_function_alone():
     np.testing.assert_array_equal(with_rule, alone + [3.0, 0.5 + parts["repetition"][1]])
     with pytest.raises(UsageError, match="--rule_reward 0"):
         RewardConfig(rule_reward=False)
+
+
+def test_rule_reward_off_at_minimind3_grpo_leaves_the_user_function_alone(tmp_path):
+    """The GRPO/PPO scorer at MiniMind-3 drops its rule part under --rule_reward 0 and keeps the user's; at
+    --minimind 2, whose rule parts have flags of their own, the flag is refused."""
+    from train.args import parser
+    from train.rollout import make_scorer
+    from train.run import config_of
+    user = tmp_path / "user_reward.py"
+    user.write_text("def length(prompts, responses, answers):\n    return [float(len(r)) for r in responses]\n")
+    flags = ["--stage", "grpo", "--reward_fn", f"{user}:length"]
+    _, config = config_of(parser().parse_args([*flags, "--minimind", "3", "--rule_reward", "0"]))
+    total, parts = make_scorer(config, None)(["q", "q"], ["<think>a</think>answer", "ok"], ["", ""])
+    assert set(parts) == {"custom"}
+    np.testing.assert_array_equal(total, [22.0, 2.0])        # len() of each response
+    _, config = config_of(parser().parse_args([*flags, "--minimind", "3"]))
+    assert set(make_scorer(config, None)(["q"], ["ok"], [""])[1]) == {"rule", "custom"}
+    with pytest.raises(UsageError, match="--minimind 2"):
+        config_of(parser().parse_args([*flags, "--rule_reward", "0"]))
 
 
 @pytest.mark.parametrize("stage,flags", [

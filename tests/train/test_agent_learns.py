@@ -28,4 +28,5 @@ def test_the_study_times_what_it_reports(results):
     """Both rollout loops generated tokens from the same prompts; every part of an RL step took measurable time."""
     assert results["batched_tokens"] > 0 and results["one_row_tokens"] > 0
     assert min(results[k] for k in ("rollout_s", "tools_s", "update_s")) > 0
-    assert results["steps"] == agent_learn.parser().get_default("steps") and results["eval_prompts"] == agent_learn.parser().get_default("eval")
+    defaults = agent_learn.parser()
+    assert results["steps"] == defaults.get_default("steps") and results["eval_prompts"] == defaults.get_default("eval")
