@@ -1,14 +1,16 @@
 """The agent study's data (MiniMind-3 tool use), generated from a seed; no download.
 
-    python data/build_agent3.py OUT_DIR [--seed 0]
+    python data/build_agent3.py OUT_DIR [--seed 0] [--direct 0.5]
 
 Three jsonl files, every question drawn once (no question is in two files, nor in data/sample3/):
 
 - agent.jsonl       tool-needing prompts in the agent stage's format (data/sample3/agent.jsonl): the tools on an
                     empty system message, the question, the reference reply; `gt` the exact results. The study
-                    holds out every 10th row (train.batches.held_out_split), a mix of both tools.
+                    holds out every 2nd row (train.batches.held_out_split), a mix of both tools.
 - agent_sft.jsonl   whole agent conversations in the same format: question, `tool_calls`, the tool results, the
-                    answer stating them. The SFT warm-up that teaches a model the call format.
+                    answer stating them. The SFT warm-up that teaches a model the call format. A fraction
+                    (--direct) answer at once instead, without a call, as a chat model does that was never told
+                    when a tool pays: the model then guesses on some prompts, and RL has a choice to learn.
 - agent_copy.jsonl  the same conversations without the tools block (~110 tokens instead of ~440): a cheap first
                     warm-up phase in which a tiny model learns to copy numbers from the question into the call and
                     from the tool result into the answer.
@@ -92,12 +94,20 @@ def tasks(rng: random.Random, n: int, seen: set, taken: set, unique: bool = True
     return out
 
 
-def conversation(rng: random.Random, t: tools3.ToolTask, tools: bool) -> list[dict]:
+def conversation(rng: random.Random, t: tools3.ToolTask, tools: bool, direct: bool = False) -> list[dict]:
+    """The task as a chat: the call, its results and the answer; `direct`: the answer alone, with no call."""
     system = [{"role": "system", "content": "", "tools": tools3.tools_json(rng)}] if tools else []
+    if direct:
+        return [*system, {"role": "user", "content": t.question}, {"role": "assistant", "content": t.answer}]
     return [*system, {"role": "user", "content": t.question},
             {"role": "assistant", "content": "", "tool_calls": json.dumps(list(t.calls), ensure_ascii=False)},
             *({"role": "tool", "content": json.dumps(r, ensure_ascii=False)} for r in t.results),
             {"role": "assistant", "content": t.answer}]
+
+
+def answers_at_once(rng: random.Random, direct: float) -> bool:
+    """Whether an SFT row answers without a call; draws nothing at 0, so those files keep their bytes."""
+    return direct > 0 and rng.random() < direct
 
 
 def sample3_questions() -> set[str]:
@@ -109,9 +119,10 @@ def sample3_questions() -> set[str]:
     return seen
 
 
-def build(seed: int = 0, sizes: dict[str, int] = SIZES) -> dict[str, list[dict]]:
-    """{file: rows}. No agent prompt's calls are those of an SFT row: the warm-up never shows a held-out answer
-    (the SFT rows may repeat calls and questions among themselves)."""
+def build(seed: int = 0, sizes: dict[str, int] = SIZES, direct: float = 0.0) -> dict[str, list[dict]]:
+    """{file: rows}; `direct`: the fraction of agent_sft rows answered without a call. No agent prompt's calls
+    are those of an SFT row: the warm-up never shows a held-out answer (the SFT rows may repeat calls and questions
+    among themselves)."""
     rng, seen = random.Random(seed), sample3_questions()
     agent_calls: set = set()
     agent = tasks(rng, sizes["agent"], seen, agent_calls)
@@ -120,15 +131,17 @@ def build(seed: int = 0, sizes: dict[str, int] = SIZES) -> dict[str, list[dict]]
                                          {"role": "user", "content": t.question},
                                          {"role": "assistant", "content": t.answer}], "gt": list(t.gt)}
                       for t in agent],
-            "agent_sft": [{"conversations": conversation(rng, t, tools=True)} for t in sft],
+            "agent_sft": [{"conversations": conversation(rng, t, tools=True, direct=answers_at_once(rng, direct))}
+                          for t in sft],
             "agent_copy": [{"conversations": conversation(rng, t, tools=False)} for t in copy]}
 
 
-def write(out: Path, seed: int = 0, sizes: dict[str, int] = SIZES) -> dict[str, Path]:
-    """The files of `build(seed, sizes)` in `out` ({name: path}); the same seed gives the same bytes."""
+def write(out: Path, seed: int = 0, sizes: dict[str, int] = SIZES, direct: float = 0.0) -> dict[str, Path]:
+    """The files of `build(seed, sizes, direct)` in `out` ({name: path}); the same arguments give the same
+    bytes."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, rows in build(seed, sizes).items():
+    for name, rows in build(seed, sizes, direct).items():
         paths[name] = out / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return paths
@@ -138,8 +151,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--direct", type=float, default=0.0, help="fraction of agent_sft rows answered without a call")
     a = p.parse_args()
-    for name, path in write(a.out, a.seed).items():
+    for name, path in write(a.out, a.seed, direct=a.direct).items():
         print(f"{path}: {SIZES[name]:,} rows, {path.stat().st_size / 1e6:.2f} MB")
 
 

@@ -98,6 +98,14 @@ def bucket(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+def row_bucket(n: int) -> int:
+    """n rounded up to a multiple of a quarter of the power of two above it (35 -> 48, 64 -> 64, 5 -> 6): at most
+    four row counts per octave to compile, and a later turn, whose long contexts are all prefilled, pads few
+    rows (a power of two pads 35 to 64, nearly doubling that prefill)."""
+    step = max(1, (1 << (n - 1).bit_length()) // 4)
+    return bucket(n, step)
+
+
 def runs_of_equal_rows(ids: np.ndarray) -> int:
     """The largest g such that ids [N, W] is N / g runs of g equal rows (1 when none): the first turn's contexts
     are each prompt's G rollouts, whose shared prompt is then prefilled once."""
@@ -109,15 +117,15 @@ def runs_of_equal_rows(ids: np.ndarray) -> int:
 
 
 def turn_sampler(run, params, key, width_multiple: int = 64, temperature: float | None = None):
-    """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and to a power
-    of two of rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
+    """generate_turn(contexts) for `agent_rollouts`: the contexts left-padded to a bucketed width (and to
+    `row_bucket` rows, filled with copies of the first) and sampled in one jitted call; each row's tokens through
     its eos. Buckets keep the compiled programs few as rollouts finish and contexts grow; runs of equal contexts
     (a prompt's G first turns) are prefilled once."""
     tok, calls = run.tokenizer, [0]
 
     def generate_turn(contexts: list[list[int]]) -> list[list[int]]:
         n, W = len(contexts), bucket(max(map(len, contexts)), width_multiple)
-        rows = contexts + [contexts[0]] * ((1 << (n - 1).bit_length()) - n)
+        rows = contexts + [contexts[0]] * (row_bucket(n) - n)
         ids = np.full((len(rows), W), tok.pad_id, np.int32)
         mask = np.zeros((len(rows), W), np.int32)
         for i, c in enumerate(rows):

@@ -11,7 +11,7 @@ from minimind_jax.tokenizer import SAMPLE3_TOKENIZER_DIR, Tokenizer
 from tests.train.helpers import train
 from train.config import RewardConfig
 from train.errors import UsageError
-from train.multiturn import Trajectory, agent_rollouts, pack_trajectories
+from train.multiturn import Trajectory, agent_rollouts, pack_trajectories, row_bucket
 from train.stages.agent import draw_thinking, generation_prompts, score, with_thinking
 from train.tools import registry, run_tool
 
@@ -115,6 +115,15 @@ def test_thinking_is_drawn_per_rollout_from_the_row_alone(tok, tmp_path):
     assert with_thinking(prompt(closed), False, False, gen) == prompt(closed)
 
 
+def test_rollout_rows_pad_little_to_few_compiled_counts():
+    """A turn's contexts are padded to row_bucket(n) rows: never fewer than n, fewer than half as many again
+    (a power of two pads 35 to 64, 33 to 64), and at most four counts in each octave, so few programs compile."""
+    for n in range(1, 1025):
+        assert n <= row_bucket(n) < 1.5 * n, n
+    for k in range(2, 10):
+        assert len({row_bucket(n) for n in range(2 ** k + 1, 2 ** (k + 1) + 1)}) <= 4, k
+
+
 def test_window_logps_are_the_full_forward_where_the_loss_reads():
     """The loss's log-probs, computed only in each row's response window, equal the full forward's there, and
     every generated position of every row lies in its window."""
@@ -212,7 +221,8 @@ def test_minimind3_rl_resumes_exactly(tmp_path, stage, flags):
 
 def test_the_agent_study_data_never_shows_a_prompts_answer_in_the_warm_up(tmp_path):
     """data/build_agent3.py: the same seed writes the same bytes; no arithmetic agent prompt's expression is
-    called in a warm-up row, and its gt is what the sandboxed calculator returns for it."""
+    called in a warm-up row, and its gt is what the sandboxed calculator returns for it; --direct turns that
+    fraction of the SFT rows into answers without a call and leaves the other files as they were."""
     import importlib.util
     import re
     from pathlib import Path
@@ -237,3 +247,11 @@ def test_the_agent_study_data_never_shows_a_prompts_answer_in_the_warm_up(tmp_pa
             result, ok = run_tool(tools, "calculate_math", {"expression": found.group()})
             assert ok and row["gt"][0] in result, (found.group(), result, row["gt"])
     assert math > 100
+    # --direct: that fraction of the SFT rows answer at once (no call), the other files unchanged.
+    d = build_agent3.write(tmp_path / "d", 3, sizes, direct=0.5)
+    assert all(d[k].read_bytes() == a[k].read_bytes() for k in ("agent", "agent_copy"))
+    sft = [json.loads(x)["conversations"] for x in d["agent_sft"].read_text(encoding="utf-8").splitlines()]
+    direct = [c for c in sft if not any(m.get("tool_calls") for m in c)]
+    assert 30 <= len(direct) <= 70
+    assert all([m["role"] for m in c] == ["system", "user", "assistant"]
+               and c[2]["content"].startswith(("The result", "结果")) for c in direct)

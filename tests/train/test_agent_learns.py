@@ -17,9 +17,10 @@ def results(tmp_path_factory):
 
 def test_agent_rl_raises_held_out_accuracy(results):
     """The gain beats twice its paired standard error (the same held-out prompts before and after); the warm-up
-    left room to learn (calls mostly well formed, answers mostly wrong), and RL kept the model calling the tools."""
+    taught the call format (the calls it makes run) and left room to learn (it calls the tools on some prompts and
+    guesses on others, answers mostly wrong), and after RL the model calls the tools on most prompts."""
     before, after = results["before"], results["after"]
-    assert before["well_formed"] > 0.5 and before["correct"] < 0.5, before
+    assert before["success"] > 0.5 and 0.2 < before["well_formed"] < 0.8 and before["correct"] < 0.5, before
     assert results["gain"] > 2 * results["gain_se"] > 0, results
     assert after["well_formed"] > 0.5 and after["success"] > 0.5, after
 
