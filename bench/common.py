@@ -158,10 +158,10 @@ def cpu() -> str:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    fields = dict(map(str.strip, line.split(":", 1)) for line in info.splitlines() if ":" in line)  # alike per core
+    flags = set(fields.get("flags", "").split())
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return f"{name} ({os.cpu_count()} cores; {' '.join(f for f in wanted if f in flags)})"
+    return f"{fields.get('model name', '')} ({os.cpu_count()} cores; {' '.join(f for f in wanted if f in flags)})"
 
 
 def environment() -> dict:
