@@ -153,6 +153,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--direct", type=float, default=0.0, help="fraction of agent_sft rows answered without a call")
     a = p.parse_args()
+    if not 0 <= a.direct <= 1:
+        p.error(f"--direct {a.direct}: a fraction of the rows, between 0 and 1")
     for name, path in write(a.out, a.seed, direct=a.direct).items():
         print(f"{path}: {SIZES[name]:,} rows, {path.stat().st_size / 1e6:.2f} MB")
 

@@ -296,7 +296,10 @@ def report(r: dict) -> list[dict]:
 
 def main(argv=None, out: str = "experiments/results/agent_learn.json"):
     """The study, its one table, and its JSON (`python -m bench.rl --agent` is this with out in bench/results)."""
-    a = parser(out).parse_args(argv)
+    p = parser(out)
+    a = p.parse_args(argv)
+    if not 0 <= a.direct <= 1:
+        p.error(f"--direct {a.direct}: a fraction of the conversations, between 0 and 1")
     r = learn(a)
     print_table(report(r), "agent RL on the MiniMind-3 tiny model: held-out tool-needing prompts")
     write_json(a.out, {"env": environment(), "config": {k: str(v) for k, v in vars(a).items()},
