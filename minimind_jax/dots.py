@@ -5,23 +5,42 @@ cotangent arrives in float32, and the transposed products promote the bf16 opera
 would run its whole backward as float32 matmuls. Here the backward casts the cotangent to the operands' dtype
 first (what mixed-precision training does everywhere) and accumulates in float32 again. Float32 operands take
 plain autodiff, so fp32 runs are exactly jnp.dot.
+
+The weight gradient contracts over the rows of both operands (x^T @ ct). XLA:CPU has no bf16 kernel for a dot
+whose operand is transposed, by its dimension numbers or by its layout, and runs it as a float32 dot of upcast
+copies: half the speed, plus the copies. So the smaller operand is transposed into a row-major copy first (one
+cheap pass) and the product is a plain row-major bf16 dot.
 """
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 F32 = jnp.float32
+_NN = (((1,), (0,)), ((), ()))          # a [M, K] . b [K, N]
 _NT = (((1,), (1,)), ((), ()))          # x [M, K] . w [N, K] over K: x @ w^T without a transposed copy
-_TN = (((0,), (0,)), ((), ()))          # a [M, K] . b [M, N] over M: a^T @ b
 
 
 def _acc(a, b, dims):
     return lax.dot_general(a, b, dims, preferred_element_type=F32)
 
 
+def transposed(a):                                   # [..., M, K] -> [..., K, M], row-major in memory
+    """a with its last two axes swapped, as a real copy: for the operand of a product that contracts over its rows.
+
+    A bare swapaxes is folded into the consumer's dimension numbers or layout, which is what must not happen here;
+    the same transpose with a trailing unit axis is not."""
+    return jnp.swapaxes(a[..., None], -3, -2)[..., 0]
+
+
+def _tn(a, b):                                       # a [M, K], b [M, N] -> f32 a^T @ b [K, N]
+    if a.size <= b.size:
+        return _acc(transposed(a), b, _NN)
+    return transposed(_acc(transposed(b), a, _NN))   # (b^T a)^T: the larger operand is read in place
+
+
 @jax.custom_vjp
 def _dot_nn(x, w):                                   # [M, K] @ [K, N] -> f32 [M, N]
-    return _acc(x, w, (((1,), (0,)), ((), ())))
+    return _acc(x, w, _NN)
 
 
 def _dot_nn_fwd(x, w):
@@ -31,7 +50,7 @@ def _dot_nn_fwd(x, w):
 def _dot_nn_bwd(res, ct):
     x, w = res
     ct = ct.astype(x.dtype)
-    return _acc(ct, w, _NT).astype(x.dtype), _acc(x, ct, _TN).astype(w.dtype)     # ct @ w^T, x^T @ ct
+    return _acc(ct, w, _NT).astype(x.dtype), _tn(x, ct).astype(w.dtype)              # ct @ w^T, x^T @ ct
 
 
 _dot_nn.defvjp(_dot_nn_fwd, _dot_nn_bwd)
@@ -49,7 +68,7 @@ def _dot_nt_fwd(x, w):
 def _dot_nt_bwd(res, ct):
     x, w = res
     ct = ct.astype(x.dtype)
-    return _acc(ct, w, (((1,), (0,)), ((), ()))).astype(x.dtype), _acc(ct, x, _TN).astype(w.dtype)   # ct @ w, ct^T @ x
+    return _acc(ct, w, _NN).astype(x.dtype), _tn(ct, x).astype(w.dtype)              # ct @ w, ct^T @ x
 
 
 _dot_nt.defvjp(_dot_nt_fwd, _dot_nt_bwd)
@@ -57,7 +76,7 @@ _dot_nt.defvjp(_dot_nt_fwd, _dot_nt_bwd)
 
 def dot(x, w, out_dtype=F32):
     """x [M, K] @ w [K, N] (same dtype), float32 accumulation -> [M, N] in out_dtype."""
-    y = _acc(x, w, (((1,), (0,)), ((), ()))) if x.dtype == F32 else _dot_nn(x, w)
+    y = _acc(x, w, _NN) if x.dtype == F32 else _dot_nn(x, w)
     return y.astype(out_dtype)
 
 

@@ -137,7 +137,10 @@ class RMSNorm(nn.Module):
         normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         if self.weight_fp32:
             return (weight.astype(F32) * normed).astype(x.dtype)
-        return weight.astype(x.dtype) * normed.astype(x.dtype)
+        # The product of two values in x's dtype, rounded to it once: float32 holds it exactly, so this is the same
+        # number as multiplying in x's dtype, but the weight's gradient is then a float32 sum over the tokens; a
+        # bf16 sum runs as a slow tree of partial sums on XLA:CPU.
+        return (weight.astype(x.dtype).astype(F32) * normed.astype(x.dtype).astype(F32)).astype(x.dtype)
 
 
 def rms_norm(cfg: MiniMindConfig, policy: Policy, name: str | None = None) -> RMSNorm:
@@ -168,8 +171,20 @@ def rope_frequencies(cfg: MiniMindConfig) -> tuple[np.ndarray, float]:
 
 
 def rope_tables(positions, cfg: MiniMindConfig):
-    """cos, sin [T, head_dim] = [cos(t*f), cos(t*f)] (halves repeated: rotate-half layout), float32."""
+    """cos, sin [T, head_dim] = [cos(t*f), cos(t*f)] (halves repeated: rotate-half layout), float32.
+
+    positions: a NumPy array when they are known while tracing (a forward without a cache, or a prefill), whose
+    tables are then constants; traced positions (decoding) compute them in the step. Left to fusion, XLA:CPU
+    would recompute cos and sin for every element of every [B, T, heads, HD] product that reads them, in each
+    layer and its backward.
+    """
     inv_freq, attention_factor = rope_frequencies(cfg)
+    if isinstance(positions, np.ndarray):
+        # the float32 angles as the traced path forms them, the cos and sin correctly rounded to float32
+        angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]        # [T, HD/2]
+        angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)     # [T, HD]
+        return (jnp.asarray((np.cos(angles) * attention_factor).astype(np.float32)),
+                jnp.asarray((np.sin(angles) * attention_factor).astype(np.float32)))
     angles = positions.astype(F32)[:, None] * inv_freq[None, :]             # [T, HD/2]
     angles = jnp.concatenate([angles, angles], axis=-1)                      # [T, HD]
     return jnp.cos(angles) * attention_factor, jnp.sin(angles) * attention_factor
@@ -391,7 +406,8 @@ class MiniMindModel(nn.Module):
             mask = attention.make_mask(impl, positions, attention_mask, T, cached=False)
         else:                                                                # keys: the cache's S slots
             mask = attention.make_mask(impl, positions, key_mask, cache.length, cached=True)
-        cos, sin = rope_tables(positions, self.cfg)
+        # an empty cache has index 0 (nothing written): its positions are known while tracing too
+        cos, sin = rope_tables(np.arange(T) if cache is None or cache.empty else positions, self.cfg)
 
         x = jnp.take(self.embed_tokens, input_ids, axis=0).astype(self.policy.compute_dtype)   # [B, T, H]
         x = dropout(x, self.cfg.dropout, seed, 0)

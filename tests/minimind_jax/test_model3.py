@@ -147,12 +147,15 @@ def test_yarn_long_row_and_short_rows(reference3):
 
 @pytest.mark.parametrize("preset, head_dim", [("tiny", 8), ("small", 96)])
 @pytest.mark.parametrize("yarn", [False, True])
-def test_rope_tables(golden3, preset, head_dim, yarn):
-    """Built in float32 like the reference (angle = f32(pos) * f32(inv_freq)), so even position 32767 matches."""
+@pytest.mark.parametrize("traced", [False, True])
+def test_rope_tables(golden3, preset, head_dim, yarn, traced):
+    """Built in float32 like the reference (angle = f32(pos) * f32(inv_freq)), so even position 32767 matches,
+    from positions known while tracing (NumPy constants) and from traced ones (decoding) alike."""
     g = golden3("model_yarn")
     cfg = MiniMindConfig.from_preset(preset, generation=3, inference_rope_scaling=yarn)
     assert cfg.head_dim == head_dim
-    cos, sin = rope_tables(jnp.asarray(g["rope_positions"], jnp.int32), cfg)
+    positions = np.asarray(g["rope_positions"], np.int32)
+    cos, sin = jax.jit(rope_tables, static_argnums=1)(positions, cfg) if traced else rope_tables(positions, cfg)
     kind = "yarn" if yarn else "plain"
     np.testing.assert_allclose(cos, g[f"rope_cos_hd{head_dim}_{kind}"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(sin, g[f"rope_sin_hd{head_dim}_{kind}"], atol=1e-5, rtol=0)
