@@ -47,3 +47,30 @@ def test_bf16_step_keeps_bf16_operands(attn, experts, use_moe):
     for line, (_, lhs, _, rhs) in checked:
         bf16_algorithm = "lhs_precision_type = bf16, rhs_precision_type = bf16" in line
         assert (lhs, rhs) == ("bf16", "bf16") or bf16_algorithm, line[:300]
+
+
+COMPILED_DOT = re.compile(r"dot\(%([\w.\-]+), %([\w.\-]+)\).*?op_name=\"([^\"]+)\"")
+DEFINED = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\w+)\[")
+PRODUCTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head", "bksq,bkqd")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="what XLA:CPU compiles the bf16 step to")
+def test_bf16_step_compiles_to_bf16_products_on_cpu():
+    """After XLA:CPU's passes too: it runs a bf16 product that contracts over an operand's rows (a weight gradient,
+    attention's dK and dV) as a float32 product of upcast copies unless the operand is transposed first. Every
+    projection's three products and attention's two products over the queries must keep bf16 operands."""
+    cfg = MiniMindConfig.from_preset("tiny", hidden_size=96, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=160, vocab_size=512, num_hidden_layers=1)
+    model = MiniMindForCausalLM(cfg, get_policy("bf16"))
+    ids = jnp.zeros((2, 24), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+
+    def loss(p):
+        return jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, ids, train=True).logits)[..., 0])
+
+    text = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    dtype = {m.group(1): m.group(2) for line in text.splitlines() if (m := DEFINED.match(line))}
+    products = [(dtype[a], dtype[b], name) for a, b, name in COMPILED_DOT.findall(text)
+                if any(p in name for p in PRODUCTS)]
+    assert len(products) >= 3 * 8 + 2                # 8 projections forward, input and weight gradients; dK, dV
+    assert all(a == b == "bf16" for a, b, _ in products), [p for p in products if p[:2] != ("bf16", "bf16")]
