@@ -137,10 +137,7 @@ class RMSNorm(nn.Module):
         normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         if self.weight_fp32:
             return (weight.astype(F32) * normed).astype(x.dtype)
-        # The product of two values in x's dtype, rounded to it once: float32 holds it exactly, so this is the same
-        # number as multiplying in x's dtype, but the weight's gradient is then a float32 sum over the tokens; a
-        # bf16 sum runs as a slow tree of partial sums on XLA:CPU.
-        return (weight.astype(x.dtype).astype(F32) * normed.astype(x.dtype).astype(F32)).astype(x.dtype)
+        return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
 def rms_norm(cfg: MiniMindConfig, policy: Policy, name: str | None = None) -> RMSNorm:
