@@ -32,7 +32,10 @@ def transposed(a):                                   # [..., M, K] -> [..., K, M
     return jnp.swapaxes(a[..., None], -3, -2)[..., 0]
 
 
-def _tn(a, b):                                       # a [M, K], b [M, N] -> f32 a^T @ b [K, N]
+def tn(a, b):
+    """a [M, K], b [M, N] (same dtype) -> a^T @ b [K, N] float32, a product over the rows (a weight gradient)."""
+    if a.dtype == F32:
+        return _acc(a, b, (((0,), (0,)), ((), ())))
     if a.size <= b.size:
         return _acc(transposed(a), b, _NN)
     return transposed(_acc(transposed(b), a, _NN))   # (b^T a)^T: the larger operand is read in place
@@ -50,7 +53,7 @@ def _dot_nn_fwd(x, w):
 def _dot_nn_bwd(res, ct):
     x, w = res
     ct = ct.astype(x.dtype)
-    return _acc(ct, w, _NT).astype(x.dtype), _tn(x, ct).astype(w.dtype)              # ct @ w^T, x^T @ ct
+    return _acc(ct, w, _NT).astype(x.dtype), tn(x, ct).astype(w.dtype)              # ct @ w^T, x^T @ ct
 
 
 _dot_nn.defvjp(_dot_nn_fwd, _dot_nn_bwd)
@@ -68,7 +71,7 @@ def _dot_nt_fwd(x, w):
 def _dot_nt_bwd(res, ct):
     x, w = res
     ct = ct.astype(x.dtype)
-    return _acc(ct, w, _NN).astype(x.dtype), _tn(ct, x).astype(w.dtype)              # ct @ w, ct^T @ x
+    return _acc(ct, w, _NN).astype(x.dtype), tn(ct, x).astype(w.dtype)              # ct @ w, ct^T @ x
 
 
 _dot_nt.defvjp(_dot_nt_fwd, _dot_nt_bwd)

@@ -215,7 +215,6 @@ def _mm(a, b, dims, out_dtype):
 
 _NN = (((1,), (0,)), ((), ()))          # [M, K] @ [K, N]
 _NT = (((1,), (1,)), ((), ()))          # [M, K] @ [N, K]^T
-_TN = (((0,), (0,)), ((), ()))          # [M, K]^T @ [M, N]
 
 
 def _windows(start, size, windows: tuple[int, ...], step, carry):
@@ -285,9 +284,9 @@ def _sorted_bwd(windows, res, ct):
         gate, up = gate_up[:, :I], gate_up[:, I:]
         sig = jax.nn.sigmoid(gate)
         d_act = _mm(g, w_down, _NT, F32)                                            # [W, I]
-        d_down = d_down + _mm((gate * sig * up).astype(cd), g, _TN, F32)            # [I, H]
+        d_down = d_down + dots.tn((gate * sig * up).astype(cd), g)                   # [I, H]
         d_pre = jnp.concatenate([d_act * up * sig * (1 + gate * (1 - sig)), d_act * gate * sig], 1).astype(cd)
-        d_gate_up = d_gate_up + _mm(xw, d_pre, _TN, F32)                            # [H, 2I]
+        d_gate_up = d_gate_up + dots.tn(xw, d_pre)                                  # [H, 2I]
         dxs = lax.dynamic_update_slice_in_dim(dxs, _mm(d_pre, w_gate_up, _NT, cd), row, 0)
         return dxs, d_gate_up, d_down
 
