@@ -9,7 +9,8 @@ plain autodiff, so fp32 runs are exactly jnp.dot.
 The weight gradient contracts over the rows of both operands (x^T @ ct). XLA:CPU has no bf16 kernel for a dot
 whose operand is transposed, by its dimension numbers or by its layout, and runs it as a float32 dot of upcast
 copies: half the speed, plus the copies. So the smaller operand is transposed into a row-major copy first (one
-cheap pass) and the product is a plain row-major bf16 dot.
+cheap pass) and the product is a plain row-major bf16 dot. Float32 products keep their dimension numbers: XLA:CPU
+runs those as they are, at nearly full speed.
 """
 import jax
 import jax.numpy as jnp
