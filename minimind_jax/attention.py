@@ -124,16 +124,6 @@ def _attention_fwd(q, k, v, bias, dropout_mask):
     return out, (q, k, v, probs, dropout_mask, out)
 
 
-def _over_queries(a, b):
-    """a [B, KV, R*T, S], b [B, KV, R*T, D] -> a^T b [B, KV, S, D] float32, a product over the queries.
-
-    XLA:CPU runs a bf16 product over an operand's rows as a float32 product of upcast copies: below float32, a is
-    transposed into a copy first (dots.transposed) and the product is a plain one."""
-    if a.dtype == F32:
-        return jnp.einsum("bkqs,bkqd->bksd", a, b, preferred_element_type=F32)
-    return jnp.einsum("bksq,bkqd->bksd", dots.transposed(a), b, preferred_element_type=F32)
-
-
 def _attention_bwd(res, d_out):
     """The softmax backward without materialising its Jacobian: dS = P * (dP - rowsum(dO * O)).
 
@@ -143,14 +133,14 @@ def _attention_bwd(res, d_out):
     q, k, v, probs, dropout_mask, out = res
     cd = q.dtype
     kept = probs if dropout_mask is None else probs * dropout_mask
-    d_v = _over_queries(kept.astype(cd), d_out).astype(v.dtype)
+    d_v = dots.tn(kept.astype(cd), d_out).astype(v.dtype)                                # [B, KV, S, HD]
     d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out, v, preferred_element_type=F32)         # [B, KV, R*T, S]
     if dropout_mask is not None:
         d_probs = d_probs * dropout_mask
     row = jnp.sum(d_out.astype(F32) * out.astype(F32), axis=-1, keepdims=True)            # [B, KV, R*T, 1]
     d_scores = (probs * (d_probs - row)).astype(cd)
     d_q = jnp.einsum("bkqs,bksd->bkqd", d_scores, k, preferred_element_type=F32).astype(q.dtype)
-    d_k = _over_queries(d_scores, q).astype(k.dtype)
+    d_k = dots.tn(d_scores, q).astype(k.dtype)
     return d_q, d_k, d_v, None, None
 
 

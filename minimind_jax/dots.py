@@ -34,12 +34,14 @@ def transposed(a):                                   # [..., M, K] -> [..., K, M
 
 
 def tn(a, b):
-    """a [M, K], b [M, N] (same dtype) -> a^T @ b [K, N] float32, a product over the rows (a weight gradient)."""
+    """a [..., M, K], b [..., M, N] (same dtype) -> a^T @ b [..., K, N] float32 over the leading axes: a product over
+    the rows (a weight gradient, attention's dK and dV)."""
+    over = lambda spec, x, y: jnp.einsum(spec, x, y, preferred_element_type=F32)
     if a.dtype == F32:
-        return _acc(a, b, (((0,), (0,)), ((), ())))
+        return over("...mk,...mn->...kn", a, b)
     if a.size <= b.size:
-        return _acc(transposed(a), b, _NN)
-    return transposed(_acc(transposed(b), a, _NN))   # (b^T a)^T: the larger operand is read in place
+        return over("...km,...mn->...kn", transposed(a), b)
+    return transposed(over("...nm,...mk->...nk", transposed(b), a))   # (b^T a)^T: the larger operand read in place
 
 
 @jax.custom_vjp

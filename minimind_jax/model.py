@@ -176,15 +176,12 @@ def rope_tables(positions, cfg: MiniMindConfig):
     layer and its backward.
     """
     inv_freq, attention_factor = rope_frequencies(cfg)
-    if isinstance(positions, np.ndarray):
-        # the float32 angles as the traced path forms them, the cos and sin correctly rounded to float32
-        angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]        # [T, HD/2]
-        angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)     # [T, HD]
-        return (jnp.asarray((np.cos(angles) * attention_factor).astype(np.float32)),
-                jnp.asarray((np.sin(angles) * attention_factor).astype(np.float32)))
-    angles = positions.astype(F32)[:, None] * inv_freq[None, :]             # [T, HD/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)                      # [T, HD]
-    return jnp.cos(angles) * attention_factor, jnp.sin(angles) * attention_factor
+    angles = positions.astype(np.float32)[:, None] * inv_freq[None, :]      # [T, HD/2] float32, either library
+    if isinstance(positions, np.ndarray):                                    # correctly rounded to float32
+        cos, sin = (jnp.asarray(f(angles.astype(np.float64)).astype(np.float32)) for f in (np.cos, np.sin))
+    else:
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
+    return tuple(jnp.concatenate([t, t], axis=-1) * attention_factor for t in (cos, sin))   # [T, HD]
 
 
 def apply_rope(x, cos, sin):
