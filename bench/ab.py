@@ -13,16 +13,15 @@ import argparse
 import os
 import shlex
 import statistics
-import sys
 
 from bench.common import StepWorker, environment, print_table, write_json
+from bench.train import serve_command
 
 
 def worker(checkout: str, a) -> StepWorker:
     """The step of `checkout` ('dir' or 'dir|XLA flags'), compiled and warm in a process of its own."""
     path, _, flags = checkout.partition("|")
-    serve = [sys.executable, "-m", "bench.train", "--serve", "--models", a.model, "--dtypes", a.dtype, "--accums",
-             str(a.accum), "--batch", str(a.batch), "--seq", str(a.seq)]
+    serve = serve_command(a.model, a.dtype, a.accum, a.batch, a.seq)
     env = f"XLA_FLAGS={shlex.quote(flags)} PYTHONPATH=." if flags else "PYTHONPATH=."
     return StepWorker(["bash", "-c", f"cd {shlex.quote(os.path.abspath(path))} && {env} exec {shlex.join(serve)}"])
 

@@ -160,9 +160,14 @@ class Timed:
         self.times.append(self.worker.steps(steps))
 
 
+def serve_command(preset: str, dtype: str, accumulation: int, batch: int, seq: int, impl: str = "") -> list[str]:
+    """The command of a process serving one EngineStep (`serve`), for a StepWorker."""
+    return [sys.executable, "-m", "bench.train", "--serve", "--models", preset, "--dtypes", dtype, "--accums",
+            str(accumulation), "--moe_impls", impl, "--batch", str(batch), "--seq", str(seq)]
+
+
 def ours(preset: str, dtype: str, accumulation: int, batch: int, seq: int, impl: str) -> Timed:
-    cmd = [sys.executable, "-m", "bench.train", "--serve", "--models", preset, "--dtypes", dtype, "--accums",
-           str(accumulation), "--moe_impls", impl, "--batch", str(batch), "--seq", str(seq)]
+    cmd = serve_command(preset, dtype, accumulation, batch, seq, impl)
     return Timed(cmd, accumulation * batch * seq, flops_per_token(model_config(preset), seq))
 
 
